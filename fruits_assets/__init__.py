@@ -1,0 +1,1 @@
+"""Fruits! feature platform: a Dagster code location from fruit photos to PCA features."""

@@ -1,0 +1,23 @@
+"""The code location: assets, checks, jobs and the resources of the deployment in force."""
+
+import dagster as dg
+
+from fruits_assets import assets
+from fruits_assets.resources import resources_by_deployment
+
+all_assets = dg.load_assets_from_modules([assets])
+
+fruits_pipeline = dg.define_asset_job(
+    "fruits_pipeline",
+    selection=dg.AssetSelection.all(),
+    description="Every asset, from the raw images to the PCA CSV.",
+)
+
+defs = dg.Definitions(
+    assets=all_assets,
+    jobs=[fruits_pipeline],
+    resources=resources_by_deployment(),
+    # One process for the run: one Spark session (and its warm Python workers, with their cached
+    # model) serves every step, instead of a JVM and TensorFlow start per step.
+    executor=dg.in_process_executor,
+)

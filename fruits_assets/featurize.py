@@ -1,0 +1,159 @@
+"""MobileNetV2 features: resolving the weights once on the driver, building the model once per
+Python worker, and featurizing batches of stored uint8 images.
+
+The weights travel as bytes (a Spark broadcast, see `spark_jobs.featurize_frame`), so workers never
+download anything, and every worker computes with exactly the weights the driver checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from fruits_assets.settings import FEATURE_DIM, FruitsConfigError
+
+RANDOM_SEED = 1360  # `random` weights are seeded: the same "features" on every run and worker
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A resolved weights file: what it is (for metadata) and its bytes (for the workers)."""
+
+    spec: str  # what the user asked for: imagenet | random | a path | an s3:// URI
+    sha256: str
+    suffix: str  # ".weights.h5" (Keras 3) or ".h5" (legacy Keras); decides the loader
+    data: bytes
+
+    @property
+    def meaningful(self) -> bool:
+        return self.spec != "random"
+
+    @property
+    def identity(self) -> str:
+        return f"{self.spec} sha256:{self.sha256[:16]}"
+
+
+def build_model(image_size: int):
+    import keras
+
+    return keras.applications.MobileNetV2(
+        input_shape=(image_size, image_size, 3),
+        alpha=1.0,
+        include_top=False,
+        weights=None,
+        pooling="avg",
+    )
+
+
+def _weights_suffix(name: str) -> str:
+    return ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1] or ".h5"
+
+
+def _saved_weights(model) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.weights.h5")
+        model.save_weights(path)
+        with open(path, "rb") as handle:
+            return handle.read()
+
+
+def _weights_from_bytes(spec: str, data: bytes, suffix: str) -> Weights:
+    return Weights(spec=spec, sha256=hashlib.sha256(data).hexdigest(), suffix=suffix, data=data)
+
+
+def resolve_weights(spec: str, image_size: int, storage) -> Weights:
+    """`imagenet` | `random` | local path | `s3://` URI -> checked weights bytes, or one clear error."""
+    spec = spec.strip()
+    if spec == "imagenet":
+        import keras
+
+        try:
+            model = keras.applications.MobileNetV2(
+                input_shape=(image_size, image_size, 3), include_top=False, weights="imagenet",
+                pooling="avg",
+            )
+        except Exception as error:
+            raise FruitsConfigError(
+                "Cannot get Keras' ImageNet MobileNetV2 weights (no internet, or no Keras cache in "
+                f"~/.keras/models): {error}. Provide a weights file instead: set "
+                "FRUITS_MODEL_WEIGHTS (or the image_features `weights` config) to a local path or "
+                "s3:// URI of a Keras MobileNetV2 (include_top=False) weights file, or to `random` "
+                "for a smoke test whose features mean nothing."
+            ) from None
+        return _weights_from_bytes(spec, _saved_weights(model), ".weights.h5")
+    if spec == "random":
+        import keras
+
+        keras.utils.set_random_seed(RANDOM_SEED)
+        return _weights_from_bytes(spec, _saved_weights(build_model(image_size)), ".weights.h5")
+    try:
+        data = storage.read_bytes(spec)
+    except Exception as error:
+        raise FruitsConfigError(
+            f"Cannot read the weights file {spec!r}: {type(error).__name__}: {error}. "
+            "FRUITS_MODEL_WEIGHTS must be `imagenet`, `random`, or a readable path/s3:// URI."
+        ) from None
+    weights = _weights_from_bytes(spec, data, _weights_suffix(spec))
+    try:  # check on the driver, so a bad file fails here and not in every worker
+        load_model(weights, image_size)
+    except Exception as error:
+        raise FruitsConfigError(
+            f"The weights file {spec!r} is not usable MobileNetV2 (alpha=1.0, include_top=False) "
+            f"weights: {type(error).__name__}: {str(error)[:300]}"
+        ) from None
+    return weights
+
+
+def load_model(weights: Weights, image_size: int):
+    model = build_model(image_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "weights" + weights.suffix)
+        with open(path, "wb") as handle:
+            handle.write(weights.data)
+        model.load_weights(path)
+    return model
+
+
+# -- per Python worker ----------------------------------------------------------------------------
+_MODELS: dict[tuple, object] = {}
+MODEL_BUILDS = {"count": 0}  # how many models this process built (tests and benchmarks read it)
+
+
+def configure_tensorflow_threads(threads: int) -> None:
+    """Give TensorFlow this task's cores only, so concurrent Spark tasks do not oversubscribe."""
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # TensorFlow already initialised in this process: keep its settings
+
+
+def cached_model(sha256: str, image_size: int, threads: int, get_weights):
+    """The model for these weights and size, built at most once per Python process."""
+    key = (sha256, image_size)
+    if key not in _MODELS:
+        configure_tensorflow_threads(threads)
+        _MODELS[key] = load_model(get_weights(), image_size)
+        MODEL_BUILDS["count"] += 1
+    return _MODELS[key]
+
+
+def featurize_batch(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """uint8 (n, s, s, 3) -> float32 (n, 1280): Keras `preprocess_input` scaling, then the model."""
+    from keras.applications.mobilenet_v2 import preprocess_input
+
+    if len(images) == 0:
+        return np.zeros((0, FEATURE_DIM), dtype=np.float32)
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = preprocess_input(images[start : start + batch_size].astype(np.float32))
+        out.append(np.asarray(model.predict_on_batch(chunk), dtype=np.float32))
+    return np.concatenate(out)

@@ -1,0 +1,185 @@
+"""Where assets live: one IO manager class, with thin local and S3 subclasses.
+
+Layout under the base (a folder or `s3://bucket/prefix`), per asset:
+    <asset>/_CURRENT.json          the commit point: which version is current, and its format
+    <asset>/v-<time>-<run>/...     the data of one materialization
+A materialization writes a new version, then replaces `_CURRENT.json` (an atomic rename locally,
+an atomic PUT on S3), then deletes older versions. A run that fails part-way leaves the previous
+materialization current and readable.
+
+What is stored, by the type the asset returns:
+- Spark DataFrame -> Parquet, written by Spark (local files, or EMRFS `s3://` on EMR);
+- `PcaModel` -> `pca_model.npz` (plain arrays, read with numpy alone) + `spark_model/` (Spark ML);
+- `CsvTable` -> one CSV file at a stable path `<asset>/<file_name>`, streamed from Spark;
+  downstream assets load it as a pandas DataFrame.
+"""
+
+
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import dagster as dg
+import pandas as pd
+from dagster_pyspark import PySparkResource
+
+from fruits_assets.pca import PcaModel
+from fruits_assets.settings import DEFAULT_REGION
+from fruits_assets.spark_jobs import spark_filesystem_errors, write_csv
+from fruits_assets.storage import Storage, is_s3, join
+
+MANIFEST = "_CURRENT.json"
+
+
+@dataclass
+class CsvTable:
+    """A Spark DataFrame to store as one CSV file (streamed, never collected whole)."""
+
+    frame: object  # pyspark.sql.DataFrame with columns path, label, split, pcs (array)
+    k: int
+    file_name: str
+
+
+class NotMaterializedError(dg.DagsterError):
+    pass
+
+
+class FruitsIOManager(dg.ConfigurableIOManager):
+    """Stores each asset as a committed version under `base_uri()`; see the module docstring."""
+
+    pyspark: PySparkResource
+
+    def base_uri(self) -> str:
+        raise NotImplementedError
+
+    def storage(self) -> Storage:
+        raise NotImplementedError
+
+    # -- paths --------------------------------------------------------------------------------
+    def asset_uri(self, asset_key: dg.AssetKey) -> str:
+        return join(self.base_uri(), *asset_key.path)
+
+    def current(self, asset_key: dg.AssetKey) -> dict:
+        """The manifest of the current materialization of `asset_key`."""
+        uri = join(self.asset_uri(asset_key), MANIFEST)
+        storage = self.storage()
+        if not storage.exists(uri):
+            raise NotMaterializedError(
+                f"Asset {asset_key.to_user_string()!r} has no materialization at "
+                f"{self.asset_uri(asset_key)}: materialize it first."
+            )
+        return json.loads(storage.read_bytes(uri))
+
+    # -- writing ------------------------------------------------------------------------------
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        if obj is None:
+            return
+        storage = self.storage()
+        asset_dir = self.asset_uri(context.asset_key)
+        version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{context.run_id[:8]}"
+        location = join(asset_dir, version)
+        if isinstance(obj, CsvTable):
+            fmt, location = "csv", join(asset_dir, obj.file_name)
+            with tempfile.TemporaryDirectory() as tmp:
+                local = os.path.join(tmp, obj.file_name)
+                rows = write_csv(obj.frame, obj.k, local)
+                storage.upload_file(local, location)
+            context.add_output_metadata({"csv_rows": rows})
+        elif isinstance(obj, PcaModel):
+            fmt = "pca"
+            storage.write_bytes(join(location, "pca_model.npz"), obj.to_npz_bytes())
+            if obj.spark_model is not None:
+                with spark_filesystem_errors(location):
+                    obj.spark_model.write().overwrite().save(join(location, "spark_model"))
+        elif _is_spark_frame(obj):
+            fmt = "parquet"
+            with spark_filesystem_errors(location):
+                obj.write.mode("overwrite").parquet(location)
+        else:
+            raise dg.DagsterInvariantViolationError(
+                f"{type(self).__name__} cannot store a {type(obj).__name__} "
+                f"(asset {context.asset_key.to_user_string()})."
+            )
+        manifest = {"format": fmt, "location": location, "run_id": context.run_id, "version": version}
+        storage.write_bytes(join(asset_dir, MANIFEST), json.dumps(manifest).encode())
+        self._delete_old_versions(asset_dir, keep=version if fmt != "csv" else None)
+        context.add_output_metadata({"stored_at": dg.MetadataValue.path(location), "format": fmt})
+
+    def _delete_old_versions(self, asset_dir: str, keep: str | None) -> None:
+        storage = self.storage()
+        for name in storage.list_children(asset_dir):
+            if name.startswith("v-") and name != keep:
+                storage.delete_tree(join(asset_dir, name))
+
+    # -- reading ------------------------------------------------------------------------------
+    def load_input(self, context: dg.InputContext):
+        manifest = self.current(context.asset_key)
+        return self.load_manifest(manifest)
+
+    def load_manifest(self, manifest: dict):
+        fmt, location = manifest["format"], manifest["location"]
+        if fmt == "parquet":
+            with spark_filesystem_errors(location):
+                return self.pyspark.spark_session.read.parquet(location)
+        if fmt == "pca":
+            from pyspark.ml import PipelineModel
+
+            spark_dir = join(location, "spark_model")
+            with spark_filesystem_errors(location):
+                spark_model = PipelineModel.load(spark_dir)
+            return PcaModel.from_npz_bytes(
+                self.storage().read_bytes(join(location, "pca_model.npz")), spark_model=spark_model
+            )
+        if fmt == "csv":
+            return pd.read_csv(io.BytesIO(self.storage().read_bytes(location)))
+        raise dg.DagsterInvariantViolationError(f"Unknown stored format {fmt!r} at {location}")
+
+
+def _is_spark_frame(obj) -> bool:
+    try:
+        from pyspark.sql import DataFrame
+    except ImportError:  # pragma: no cover - pyspark is a dependency
+        return False
+    return isinstance(obj, DataFrame)
+
+
+class LocalFruitsIOManager(FruitsIOManager):
+    """Assets under a local folder (the local deployment)."""
+
+    base_dir: str
+
+    def base_uri(self) -> str:
+        return os.path.abspath(self.base_dir)
+
+    def storage(self) -> Storage:
+        return Storage()
+
+
+class S3FruitsIOManager(FruitsIOManager):
+    """Assets under `s3://bucket/prefix`: Spark writes through EMRFS, the rest through boto3.
+
+    Every object boto3 writes is server-side encrypted (SSE-S3, or SSE-KMS with `kms_key_id`);
+    on EMR, the cluster's security configuration encrypts what EMRFS writes.
+    """
+
+    bucket: str
+    prefix: str = "fruits"
+    region_name: str = DEFAULT_REGION
+    endpoint_url: str | None = None
+    kms_key_id: str | None = None
+
+    def base_uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix.strip('/')}" if self.prefix else f"s3://{self.bucket}"
+
+    def storage(self) -> Storage:
+        return Storage(
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url or None,
+            kms_key_id=self.kms_key_id or None,
+        )
+
+
+__all__ = ["CsvTable", "FruitsIOManager", "LocalFruitsIOManager", "S3FruitsIOManager", "is_s3"]

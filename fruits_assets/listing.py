@@ -1,0 +1,75 @@
+"""Listing and labelling files in the Fruits-360 layout `<root>/<split>/<Class Name>/<file>`.
+
+Every file found is kept, labelled when it can be, and given a rejection reason when it is not an
+image in the expected place: nothing found is silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+SYSTEM_FILES = {"thumbs.db", "desktop.ini", "icon\r"}
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    path: str
+    split: str | None
+    label: str | None
+    reason: str | None  # None: an image to decode; else why it was rejected at listing
+
+
+def relative_parts(root: str, path: str) -> list[str]:
+    root = root.rstrip("/").rstrip("\\")
+    rel = path[len(root) :].lstrip("/").lstrip("\\")
+    return [p for p in rel.replace("\\", "/").split("/") if p]
+
+
+def classify(root: str, path: str) -> ListedFile:
+    """Split, label and (when not usable) the rejection reason of one listed file."""
+    parts = relative_parts(root, path)
+    name = parts[-1] if parts else path
+    split = parts[0] if len(parts) >= 2 else None
+    label = parts[1] if len(parts) == 3 else None
+    if name.startswith(".") or name.lower() in SYSTEM_FILES:
+        reason = "hidden or system file"
+    elif any(p.startswith(".") for p in parts[:-1]):
+        reason = "inside a hidden folder"
+    elif not name.lower().endswith(IMAGE_EXTENSIONS):
+        reason = f"not an image file name (expected {', '.join(IMAGE_EXTENSIONS)})"
+    elif len(parts) != 3:
+        reason = (
+            f"wrong depth ({len(parts) - 1} folders below the root): expected "
+            "<split>/<Class Name>/<file>"
+        )
+    else:
+        reason = None
+    return ListedFile(path=path, split=split, label=label, reason=reason)
+
+
+def apply_limit(files: list[ListedFile], limit_per_class: int | None) -> tuple[list[ListedFile], int]:
+    """Keep the first `limit_per_class` images (by path) of each (split, label); count the rest.
+
+    Rejected files are always kept: a sample for a quick run must still show what is wrong.
+    """
+    if not limit_per_class or limit_per_class <= 0:
+        return files, 0
+    seen: dict[tuple, int] = defaultdict(int)
+    kept, skipped = [], 0
+    for f in sorted(files, key=lambda f: f.path):
+        if f.reason is None:
+            seen[(f.split, f.label)] += 1
+            if seen[(f.split, f.label)] > limit_per_class:
+                skipped += 1
+                continue
+        kept.append(f)
+    return kept, skipped
+
+
+def list_images(storage, root: str, limit_per_class: int | None = None) -> tuple[list[ListedFile], int]:
+    """All files under `root`, classified, sorted by path; and how many the limit skipped."""
+    files = [classify(root, p) for p in storage.list_files(root)]
+    files.sort(key=lambda f: f.path)
+    return apply_limit(files, limit_per_class)

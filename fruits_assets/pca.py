@@ -1,0 +1,126 @@
+"""PCA: choosing k, fitting with Spark ML in one pass, and a Spark-free form of the fitted model.
+
+The Spark model is a `PipelineModel` of [centering StandardScaler, PCA(k_fit), VectorSlicer(0..k-1)]:
+one fit at k_fit = min(max_k, dim) gives every explained-variance ratio needed to choose k, and the
+slicer keeps the first k components without a second fit. The same projection without Spark is
+`(x - mean) @ components` (see `PcaModel.project`), so an app backend can project a new image
+with numpy alone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fruits_assets.settings import FruitsConfigError
+
+
+def choose_k(explained_variance: np.ndarray, target: float, max_k: int) -> tuple[int, bool]:
+    """Smallest k whose cumulative explained-variance ratio reaches `target`, capped at `max_k`.
+
+    Returns (k, capped): capped is True when even k = max_k (or all components) misses the target.
+    """
+    ratios = np.asarray(explained_variance, dtype=np.float64)
+    if ratios.size == 0:
+        raise FruitsConfigError("PCA has no components: no training features?")
+    cumulative = np.cumsum(ratios)
+    limit = min(max_k, ratios.size)
+    # A tolerance: ratios that sum to 1.0 in exact arithmetic may sum to 0.9999999999 in floats.
+    reached = np.nonzero(cumulative[:limit] >= target - 1e-9)[0]
+    if reached.size:
+        return int(reached[0]) + 1, False
+    return limit, True
+
+
+@dataclass
+class PcaModel:
+    """The fitted PCA as plain arrays (usable without Spark), plus the Spark model when in memory."""
+
+    components: np.ndarray  # (dim, k)
+    mean: np.ndarray  # (dim,)
+    explained_variance: np.ndarray  # (k_fit,) ratios of total variance, from the one fit
+    variance_target: float
+    max_k: int
+    train_rows: int
+    spark_model: object = field(default=None, repr=False)  # pyspark.ml.PipelineModel or None
+
+    @property
+    def k(self) -> int:
+        return int(self.components.shape[1])
+
+    @property
+    def cumulative_variance(self) -> float:
+        return float(np.sum(self.explained_variance[: self.k]))
+
+    @property
+    def capped(self) -> bool:
+        return self.cumulative_variance < self.variance_target - 1e-9
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """(n, dim) features -> (n, k) principal-component scores, exactly as the Spark model."""
+        return (np.asarray(features, dtype=np.float64) - self.mean) @ self.components
+
+    # Spark-free storage: one .npz with the arrays and a JSON header of scalars.
+    def to_npz_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        header = {
+            "variance_target": self.variance_target,
+            "max_k": self.max_k,
+            "train_rows": self.train_rows,
+            "k": self.k,
+        }
+        np.savez(
+            buffer,
+            components=self.components,
+            mean=self.mean,
+            explained_variance=self.explained_variance,
+            header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_npz_bytes(cls, data: bytes, spark_model=None) -> PcaModel:
+        with np.load(io.BytesIO(data)) as arrays:
+            header = json.loads(arrays["header"].tobytes().decode())
+            return cls(
+                components=arrays["components"],
+                mean=arrays["mean"],
+                explained_variance=arrays["explained_variance"],
+                variance_target=header["variance_target"],
+                max_k=header["max_k"],
+                train_rows=header["train_rows"],
+                spark_model=spark_model,
+            )
+
+
+def fit_pca(
+    train_vectors, dim: int, train_rows: int, variance_target: float, max_k: int
+) -> PcaModel:
+    """Fit on a DataFrame with a `features` Vector column (cached by the caller: one pass)."""
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.feature import PCA, StandardScaler, VectorSlicer
+
+    k_fit = min(max_k, dim)
+    fitted = Pipeline(
+        stages=[
+            StandardScaler(inputCol="features", outputCol="centered", withMean=True, withStd=False),
+            PCA(k=k_fit, inputCol="centered", outputCol="pca_full"),
+        ]
+    ).fit(train_vectors)
+    scaler, pca = fitted.stages
+    explained = np.asarray(pca.explainedVariance.toArray())
+    k, _capped = choose_k(explained, variance_target, max_k)
+    slicer = VectorSlicer(inputCol="pca_full", outputCol="pca", indices=list(range(k)))
+    components = np.asarray(pca.pc.toArray())[:, :k]
+    return PcaModel(
+        components=components,
+        mean=np.asarray(scaler.mean.toArray()),
+        explained_variance=explained,
+        variance_target=variance_target,
+        max_k=max_k,
+        train_rows=train_rows,
+        spark_model=PipelineModel(stages=[scaler, pca, slicer]),
+    )

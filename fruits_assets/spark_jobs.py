@@ -1,0 +1,215 @@
+"""The Spark side of each stage: DataFrames in, DataFrames out, the pure functions run per batch.
+
+Nothing here collects images or features to the driver; the CSV is streamed partition by
+partition (`toLocalIterator`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import sys
+from collections.abc import Iterator
+
+import pandas as pd
+
+from fruits_assets.featurize import Weights, cached_model, featurize_batch
+from fruits_assets.images import ImageRejected, array_to_bytes, bytes_to_batch, decode_image
+from fruits_assets.listing import ListedFile
+from fruits_assets.settings import FruitsConfigError
+
+# Rows per Arrow batch handed to a Python worker: bounds worker memory (224 px uint8 images are
+# 150 KB each, so 10,000 rows, Spark's default, would be 1.5 GB per batch).
+ARROW_BATCH_ROWS = 256
+ROWS_PER_PARTITION = 2000
+
+
+def local_spark_config(master: str = "local[*]") -> dict:
+    """The Spark settings of a local run (the `pyspark` resource of the local deployment)."""
+    # PySpark starts its Python workers with $PYSPARK_PYTHON (default: `python3` on the PATH,
+    # which may lack TensorFlow); the spark.pyspark.python setting alone is not read in local mode.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return {
+        "spark.master": master,
+        "spark.app.name": "fruits",
+        # Spark's Python workers must be this interpreter (the one with TensorFlow installed).
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH_ROWS),
+        "spark.python.worker.reuse": "true",  # keeps each worker's model across tasks
+        "spark.sql.shuffle.partitions": "8",
+        "spark.driver.memory": "4g",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.session.timeZone": "UTC",
+    }
+
+
+def cluster_spark_config() -> dict:
+    """The same tuning on a cluster (EMR sets master and Python itself)."""
+    keep = (
+        "spark.sql.execution.arrow.pyspark.enabled",
+        "spark.sql.execution.arrow.maxRecordsPerBatch",
+        "spark.python.worker.reuse",
+    )
+    return {k: v for k, v in local_spark_config().items() if k in keep}
+
+
+@contextlib.contextmanager
+def spark_filesystem_errors(path: str):
+    """Turn a missing Hadoop S3 connector into one clear error instead of a Py4J stack trace."""
+    try:
+        yield
+    except Exception as error:
+        text = str(error)
+        if "No FileSystem for scheme" in text or "UnsupportedFileSystemException" in text:
+            scheme = path.split("://", 1)[0]
+            raise FruitsConfigError(
+                f"This Spark cannot read or write {scheme}:// paths ({path}): pyspark from PyPI has "
+                "no Hadoop S3 connector. Run on EMR (FRUITS_DEPLOYMENT=emr, EMRFS handles s3://), "
+                "use a local FRUITS_OUTPUT_ROOT, or add the connector with spark.jars.packages="
+                "org.apache.hadoop:hadoop-aws:<your Hadoop version> and use s3a:// paths."
+            ) from None
+        raise
+
+
+def partitions_for(rows: int, spark) -> int:
+    cores = spark.sparkContext.defaultParallelism
+    return max(1, min(max(cores, math.ceil(rows / ROWS_PER_PARTITION)), max(rows, 1)))
+
+
+# -- raw_images --------------------------------------------------------------------------------
+RAW_SCHEMA = "path string, split string, label string, reason string, size long, content binary"
+
+
+def raw_images_frame(spark, listed: list[ListedFile], storage):
+    """Listed files -> DataFrame with each file's bytes, read by the executors (not the driver)."""
+    listing = pd.DataFrame(
+        {
+            "path": [f.path for f in listed],
+            "split": [f.split for f in listed],
+            "label": [f.label for f in listed],
+            "reason": [f.reason for f in listed],
+        }
+    )
+    frame = spark.createDataFrame(listing, "path string, split string, label string, reason string")
+    frame = frame.repartition(partitions_for(len(listed), spark))
+
+    def read(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            contents, sizes, reasons = [], [], []
+            for path, reason in zip(batch["path"], batch["reason"]):
+                data = None
+                if reason is None:
+                    try:
+                        data = storage.read_bytes(path)
+                    except Exception as error:  # unreadable file: quarantine, do not crash
+                        reason = f"unreadable file: {type(error).__name__}: {error}"
+                contents.append(data)
+                sizes.append(len(data) if data is not None else None)
+                reasons.append(reason)
+            yield batch.assign(reason=reasons, size=sizes, content=contents)
+
+    return frame.mapInPandas(read, RAW_SCHEMA)
+
+
+# -- preprocessed_images ------------------------------------------------------------------------
+DECODED_SCHEMA = (
+    "path string, split string, label string, image binary, reason string, stage string"
+)
+
+
+def preprocess_frame(raw, image_size: int):
+    """Decode, convert to RGB and resize every listed image; rows that fail carry the reason."""
+
+    def decode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            images, reasons, stages = [], [], []
+            for content, reason in zip(batch["content"], batch["reason"]):
+                image, stage = None, None
+                if reason is not None:
+                    stage = "listing"
+                else:
+                    try:
+                        image = array_to_bytes(decode_image(content, image_size))
+                    except ImageRejected as rejected:
+                        reason, stage = str(rejected), "decode"
+                images.append(image)
+                reasons.append(reason)
+                stages.append(stage)
+            yield pd.DataFrame(
+                {
+                    "path": batch["path"],
+                    "split": batch["split"],
+                    "label": batch["label"],
+                    "image": images,
+                    "reason": reasons,
+                    "stage": stages,
+                }
+            )
+
+    return raw.select("path", "split", "label", "reason", "content").mapInPandas(
+        decode, DECODED_SCHEMA
+    )
+
+
+# -- image_features -----------------------------------------------------------------------------
+FEATURES_SCHEMA = "path string, split string, label string, features array<float>"
+
+
+def featurize_frame(spark, images, weights: Weights, image_size: int, threads: int, batch_size: int):
+    """MobileNetV2 features of every preprocessed image.
+
+    The weights go to the executors once, as a broadcast; each Python worker builds the model once
+    (`cached_model`) and reuses it for every batch and task it runs.
+    """
+    broadcast = spark.sparkContext.broadcast(weights.data)
+    spec, sha256, suffix = weights.spec, weights.sha256, weights.suffix
+
+    def featurize(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        model = cached_model(
+            sha256, image_size, threads, lambda: Weights(spec, sha256, suffix, broadcast.value)
+        )
+        for batch in batches:
+            vectors = featurize_batch(model, bytes_to_batch(batch["image"], image_size), batch_size)
+            yield pd.DataFrame(
+                {
+                    "path": batch["path"],
+                    "split": batch["split"],
+                    "label": batch["label"],
+                    "features": list(vectors),
+                }
+            )
+
+    return images.select("path", "split", "label", "image").mapInPandas(featurize, FEATURES_SCHEMA)
+
+
+def as_vectors(features):
+    from pyspark.ml.functions import array_to_vector
+
+    return features.withColumn("features", array_to_vector("features"))
+
+
+# -- pca_features_csv ---------------------------------------------------------------------------
+def project_frame(features, spark_model):
+    from pyspark.ml.functions import vector_to_array
+
+    return (
+        spark_model.transform(as_vectors(features))
+        .select("path", "label", "split", vector_to_array("pca").alias("pcs"))
+        .orderBy("split", "label", "path")
+    )
+
+
+def write_csv(projected, k: int, local_file: str) -> int:
+    """Stream the projected rows into one CSV, a partition at a time; return the row count."""
+    rows = 0
+    with open(local_file, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split", *[f"pc_{i}" for i in range(1, k + 1)]])
+        for row in projected.toLocalIterator():
+            writer.writerow([row.path, row.label, row.split, *(format(v, ".9g") for v in row.pcs)])
+            rows += 1
+    return rows
