@@ -1,0 +1,623 @@
+"""`fruits-emr`: create, inspect, terminate and price the Fruits! EMR cluster (eu-west-1).
+
+Reads `emr_resources/` (cluster.yaml, security_configuration.json, bootstrap.sh, prices.json, iam/,
+s3_bucket_policy.json). Pure functions (`load_resources`, `fill_placeholders`,
+`build_run_job_flow_request`, `build_security_configuration`, `estimate_cost`, `hours_for_images`)
+build requests and numbers; the `cmd_*` functions are the only ones that call AWS. boto3 clients are
+made with a region only, so `AWS_ENDPOINT_URL` (a local S3/EMR server, in tests) is honoured.
+
+    fruits-emr create --bucket my-bucket --wait      # prints: export FRUITS_EMR_CLUSTER_ID=j-...
+    fruits-emr status   [--cluster-id j-...]
+    fruits-emr terminate [--cluster-id j-...]
+    fruits-emr cost --images 90000                  # or --hours 1.5
+    fruits-emr render --bucket my-bucket --out-dir /tmp/fruits-iam   # filled IAM / bucket policies
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+import yaml
+
+from fruits_assets.settings import (
+    DEFAULT_REGION,
+    FruitsConfigError,
+    allow_other_region,
+    env,
+    validate_region,
+)
+
+# Throughput assumption of `cost --images`: images per second per worker (core + task) vCPU for
+# the whole pipeline (decode, resize to 224, MobileNetV2 on CPU, PCA, CSV). MobileNetV2 at 224 is
+# ~0.3 GFLOP per image; a Graviton vCPU does a few tens of images/s in TensorFlow alone, and Spark,
+# Arrow, JPEG decoding and YARN's reserved cores take a large share: 4/s/vCPU is deliberately
+# conservative. Measure on your cluster (the image_features metadata has timings) and pass
+# --images-per-vcpu-second.
+IMAGES_PER_VCPU_SECOND = 4.0
+# Provisioning (~8 min for fleets) plus the bootstrap (Python 3.11 + TensorFlow wheels, ~10 min)
+# are billed before the first step runs.
+SETUP_HOURS = 0.3
+
+TERMINAL_STATES = ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS")
+READY_STATES = ("WAITING", "RUNNING")
+
+
+def default_resources_dir() -> Path:
+    """FRUITS_EMR_RESOURCES, else the repository's emr_resources/ (beside fruits_assets/)."""
+    if os.environ.get("FRUITS_EMR_RESOURCES", "").strip():
+        return Path(os.environ["FRUITS_EMR_RESOURCES"].strip())
+    return Path(__file__).resolve().parents[1] / "emr_resources"
+
+
+@dataclass
+class EmrResources:
+    """The parsed files of emr_resources/ (placeholders not yet filled)."""
+
+    directory: Path
+    cluster: dict
+    security_configuration: dict
+    prices: dict
+
+    @property
+    def bootstrap_path(self) -> Path:
+        return self.directory / self.cluster["bootstrap"]["script"]
+
+
+def load_resources(directory: Path | str | None = None) -> EmrResources:
+    directory = Path(directory) if directory else default_resources_dir()
+    if not (directory / "cluster.yaml").is_file():
+        raise FruitsConfigError(
+            f"No cluster.yaml in {directory}: run from the repository, or set FRUITS_EMR_RESOURCES "
+            "(or --resources-dir) to the emr_resources/ folder."
+        )
+    return EmrResources(
+        directory=directory,
+        cluster=yaml.safe_load((directory / "cluster.yaml").read_text()),
+        security_configuration=json.loads((directory / "security_configuration.json").read_text()),
+        prices=json.loads((directory / "prices.json").read_text()),
+    )
+
+
+def fill_placeholders(obj, values: dict[str, str]):
+    """Substitute ${NAME} in every string of a parsed document (after parsing: no injection).
+
+    An unknown placeholder raises FruitsConfigError instead of reaching AWS unfilled.
+    """
+    if isinstance(obj, str):
+        try:
+            return Template(obj).substitute(values)
+        except KeyError as missing:
+            raise FruitsConfigError(
+                f"Placeholder ${{{missing.args[0]}}} in {obj!r} has no value: pass it to the tool "
+                "(e.g. --bucket, --prefix, FRUITS_KMS_KEY_ID)."
+            ) from None
+    if isinstance(obj, dict):
+        return {key: fill_placeholders(value, values) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [fill_placeholders(value, values) for value in obj]
+    return obj
+
+
+def placeholder_values(
+    bucket: str,
+    prefix: str,
+    region: str,
+    account_id: str = "",
+    kms_key_id: str = "",
+    staging_prefix: str = "",
+) -> dict[str, str]:
+    if not bucket:
+        raise FruitsConfigError("No S3 bucket: pass --bucket or set FRUITS_S3_BUCKET.")
+    prefix = prefix.strip("/")
+    if not prefix:
+        raise FruitsConfigError("The S3 prefix must not be empty (--prefix or FRUITS_S3_PREFIX).")
+    # A full key ARN is accepted too: the templates want the key id after "key/".
+    key_id = kms_key_id.rsplit("key/", 1)[-1] if kms_key_id else ""
+    return {
+        "BUCKET": bucket,
+        "PREFIX": prefix,
+        "REGION": region,
+        "ACCOUNT_ID": account_id,
+        "KMS_KEY_ID": key_id,
+        "STAGING_PREFIX": (staging_prefix or f"{prefix}/emr-staging").strip("/"),
+    }
+
+
+def bootstrap_s3_uri(cluster: dict, values: dict[str, str]) -> str:
+    key = fill_placeholders(cluster["bootstrap"]["s3_key"], values)
+    return f"s3://{values['BUCKET']}/{key}"
+
+
+def _fleet_request(fleet: dict, cluster: dict) -> dict:
+    spot = fleet["market"] == "SPOT"
+    is_master = fleet["type"] == "MASTER"
+    type_configs = []
+    for instance_type in fleet["instance_types"]:
+        config = {"InstanceType": instance_type, "WeightedCapacity": 1}
+        if spot:
+            config["BidPriceAsPercentageOfOnDemandPrice"] = 100.0  # never pay above on-demand
+        if not is_master:
+            config["EbsConfiguration"] = {
+                "EbsBlockDeviceConfigs": [
+                    {
+                        "VolumeSpecification": {
+                            "VolumeType": "gp3",
+                            "SizeInGB": int(cluster["ebs_gb_per_instance"]),
+                        },
+                        "VolumesPerInstance": 1,
+                    }
+                ],
+                "EbsOptimized": True,
+            }
+        type_configs.append(config)
+    request = {
+        "Name": fleet["name"],
+        "InstanceFleetType": fleet["type"],
+        "TargetOnDemandCapacity": 0 if spot else int(fleet["target_capacity"]),
+        "TargetSpotCapacity": int(fleet["target_capacity"]) if spot else 0,
+        "InstanceTypeConfigs": type_configs,
+    }
+    if spot:
+        request["LaunchSpecifications"] = {
+            "SpotSpecification": {
+                "TimeoutDurationMinutes": int(cluster["spot"]["timeout_minutes"]),
+                "TimeoutAction": cluster["spot"]["timeout_action"],
+                "AllocationStrategy": cluster["spot"]["allocation_strategy"],
+            }
+        }
+    else:
+        request["LaunchSpecifications"] = {
+            "OnDemandSpecification": {"AllocationStrategy": "lowest-price"}
+        }
+    return request
+
+
+def build_run_job_flow_request(
+    cluster: dict,
+    bucket: str,
+    prefix: str = "fruits",
+    region: str = DEFAULT_REGION,
+    *,
+    name: str | None = None,
+    service_role: str | None = None,
+    job_flow_role: str | None = None,
+    subnet_ids: list[str] | None = None,
+    ec2_key_name: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> dict:
+    """The `run_job_flow` keyword arguments for `cluster` (parsed cluster.yaml). Pure."""
+    values = placeholder_values(bucket, prefix, region)
+    cluster = fill_placeholders(copy.deepcopy(cluster), values)
+    instances: dict = {
+        "InstanceFleets": [_fleet_request(fleet, cluster) for fleet in cluster["instance_fleets"]],
+        # The step launcher submits steps to a running cluster; auto-termination ends it when idle.
+        "KeepJobFlowAliveWhenNoSteps": True,
+        "TerminationProtected": False,
+    }
+    if subnet_ids:
+        instances["Ec2SubnetIds"] = list(subnet_ids)  # fleets pick the subnet with capacity
+    if ec2_key_name:
+        instances["Ec2KeyName"] = ec2_key_name
+    tags = {**cluster.get("tags", {}), "fruits:bucket": bucket, "fruits:prefix": values["PREFIX"]}
+    tags.update(extra_tags or {})
+    return {
+        "Name": name or cluster["name"],
+        "ReleaseLabel": cluster["release_label"],
+        "LogUri": cluster["log_uri"],
+        "Applications": [{"Name": app} for app in cluster["applications"]],
+        "Configurations": cluster["configurations"],
+        "Instances": instances,
+        "BootstrapActions": [
+            {
+                "Name": cluster["bootstrap"]["name"],
+                "ScriptBootstrapAction": {"Path": bootstrap_s3_uri(cluster, values), "Args": []},
+            }
+        ],
+        "SecurityConfiguration": cluster["security_configuration"],
+        "AutoTerminationPolicy": {"IdleTimeout": int(cluster["idle_timeout_seconds"])},
+        "ServiceRole": service_role or cluster["service_role"],
+        "JobFlowRole": job_flow_role or cluster["job_flow_role"],
+        "StepConcurrencyLevel": int(cluster.get("step_concurrency_level", 1)),
+        "EbsRootVolumeSize": int(cluster["ebs_root_volume_size_gb"]),
+        "VisibleToAllUsers": True,
+        "Tags": [{"Key": key, "Value": str(value)} for key, value in sorted(tags.items())],
+    }
+
+
+def build_security_configuration(
+    template: dict,
+    region: str,
+    account_id: str,
+    kms_key_id: str,
+    *,
+    s3_kms: bool = False,
+    tls_certificates_uri: str | None = None,
+) -> dict:
+    """The security configuration document: at-rest encryption always (local disks with the KMS
+    key; S3 with SSE-S3, or SSE-KMS when `s3_kms`); in-transit encryption only when a PEM
+    certificates zip on S3 is given (EMR cannot make one up). Pure."""
+    if not kms_key_id:
+        raise FruitsConfigError(
+            "Local-disk encryption needs a KMS key: set FRUITS_KMS_KEY_ID (key id or ARN, in "
+            f"{region}) or pass --kms-key-id."
+        )
+    values = {"REGION": region, "ACCOUNT_ID": account_id, "KMS_KEY_ID": kms_key_id.rsplit("key/", 1)[-1]}
+    document = fill_placeholders(copy.deepcopy(template), values)
+    encryption = document["EncryptionConfiguration"]
+    if kms_key_id.startswith("arn:"):
+        encryption["AtRestEncryptionConfiguration"]["LocalDiskEncryptionConfiguration"]["AwsKmsKey"] = kms_key_id
+    if s3_kms:
+        encryption["AtRestEncryptionConfiguration"]["S3EncryptionConfiguration"] = {
+            "EncryptionMode": "SSE-KMS",
+            "AwsKmsKey": encryption["AtRestEncryptionConfiguration"]["LocalDiskEncryptionConfiguration"]["AwsKmsKey"],
+        }
+    if tls_certificates_uri:
+        if not tls_certificates_uri.startswith("s3://"):
+            raise FruitsConfigError(
+                f"--tls-certificates {tls_certificates_uri!r} must be an s3:// URI of a PEM zip."
+            )
+        encryption["EnableInTransitEncryption"] = True
+        encryption["InTransitEncryptionConfiguration"] = {
+            "TLSCertificateConfiguration": {
+                "CertificateProviderType": "PEM",
+                "S3Object": tls_certificates_uri,
+            }
+        }
+    else:
+        encryption["EnableInTransitEncryption"] = False
+        encryption.pop("InTransitEncryptionConfiguration", None)
+    return document
+
+
+# -- cost ---------------------------------------------------------------------------------------
+@dataclass
+class CostLine:
+    fleet: str
+    instance_type: str
+    market: str
+    count: int
+    ec2_per_hour: float
+    emr_per_hour: float
+    hours: float
+
+    @property
+    def per_hour(self) -> float:
+        return self.count * (self.ec2_per_hour + self.emr_per_hour)
+
+    @property
+    def cost(self) -> float:
+        return self.per_hour * self.hours
+
+
+def _price(prices: dict, instance_type: str) -> dict:
+    try:
+        return prices["instance_types"][instance_type]
+    except KeyError:
+        raise FruitsConfigError(
+            f"prices.json has no price for {instance_type}: add it (see its source note)."
+        ) from None
+
+
+def worker_vcpus(cluster: dict, prices: dict) -> int:
+    """vCPUs of the core and task fleets at target capacity, with each fleet's first type."""
+    return sum(
+        int(fleet["target_capacity"]) * int(_price(prices, fleet["instance_types"][0])["vcpu"])
+        for fleet in cluster["instance_fleets"]
+        if fleet["type"] != "MASTER"
+    )
+
+
+def hours_for_images(
+    images: int,
+    vcpus: int,
+    images_per_vcpu_second: float = IMAGES_PER_VCPU_SECOND,
+    setup_hours: float = SETUP_HOURS,
+) -> float:
+    """Billed hours for one run over `images` images: setup plus images / throughput."""
+    if images < 0 or vcpus <= 0 or images_per_vcpu_second <= 0:
+        raise FruitsConfigError("images must be >= 0, vCPUs and throughput > 0.")
+    return setup_hours + images / (images_per_vcpu_second * vcpus * 3600.0)
+
+
+def estimate_cost(cluster: dict, prices: dict, hours: float) -> list[CostLine]:
+    """One line per fleet, priced with its first (preferred) instance type: Spot fleets at the
+    typical Spot price, on-demand ones at the on-demand price, plus the EMR fee. Pure."""
+    if hours < 0:
+        raise FruitsConfigError(f"hours must be >= 0, not {hours}.")
+    lines = []
+    for fleet in cluster["instance_fleets"]:
+        instance_type = fleet["instance_types"][0]
+        price = _price(prices, instance_type)
+        spot = fleet["market"] == "SPOT"
+        lines.append(
+            CostLine(
+                fleet=fleet["name"],
+                instance_type=instance_type,
+                market=fleet["market"],
+                count=int(fleet["target_capacity"]),
+                ec2_per_hour=float(price["spot"] if spot else price["on_demand"]),
+                emr_per_hour=float(price["emr"]),
+                hours=hours,
+            )
+        )
+    return lines
+
+
+def format_cost_table(lines: list[CostLine], prices: dict) -> str:
+    header = f"{'fleet':<8}{'type':<14}{'market':<11}{'n':>3}{'EC2 $/h':>10}{'EMR $/h':>10}{'hours':>8}{'USD':>10}"
+    rows = [header, "-" * len(header)]
+    for line in lines:
+        rows.append(
+            f"{line.fleet:<8}{line.instance_type:<14}{line.market:<11}{line.count:>3}"
+            f"{line.ec2_per_hour:>10.4f}{line.emr_per_hour:>10.4f}{line.hours:>8.3f}{line.cost:>10.2f}"
+        )
+    total = sum(line.cost for line in lines)
+    rows.append("-" * len(header))
+    rows.append(f"cluster per hour: {sum(line.per_hour for line in lines):.4f} USD")
+    rows.append(f"TOTAL: {total:.2f} USD")
+    rows.append(f"(prices {prices.get('region')} as of {prices.get('as_of')}: {prices.get('source')})")
+    return "\n".join(rows)
+
+
+# -- AWS calls ----------------------------------------------------------------------------------
+def _client(service: str, region: str):
+    import boto3
+
+    return boto3.client(service, region_name=region)  # AWS_ENDPOINT_URL is honoured by boto3
+
+
+def _region(args) -> str:
+    region = args.region or env("FRUITS_AWS_REGION", DEFAULT_REGION)
+    return validate_region(region, allow_other_region())
+
+
+def _cluster_id(args) -> str:
+    cluster_id = args.cluster_id or env("FRUITS_EMR_CLUSTER_ID", "")
+    if not cluster_id:
+        raise FruitsConfigError("No cluster id: pass --cluster-id or set FRUITS_EMR_CLUSTER_ID.")
+    return cluster_id
+
+
+def ensure_security_configuration(emr, name: str, document: dict) -> bool:
+    """Create the security configuration unless one of that name exists; True if created.
+
+    An existing one is kept as is (EMR cannot update them; delete it to change it).
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        emr.describe_security_configuration(Name=name)
+        return False
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") not in ("InvalidRequestException", "ResourceNotFoundException"):
+            raise
+    emr.create_security_configuration(Name=name, SecurityConfiguration=json.dumps(document))
+    return True
+
+
+def wait_until_ready(emr, cluster_id: str, timeout_seconds: float, poll_seconds: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        status = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]
+        state = status["State"]
+        if state in READY_STATES:
+            return state
+        if state in TERMINAL_STATES:
+            reason = status.get("StateChangeReason", {}).get("Message", "no reason given")
+            raise FruitsConfigError(
+                f"Cluster {cluster_id} is {state} ({reason}): see the bootstrap logs under its LogUri."
+            )
+        if time.monotonic() > deadline:
+            raise FruitsConfigError(
+                f"Cluster {cluster_id} is still {state} after {timeout_seconds:.0f}s: check "
+                "`fruits-emr status`, or terminate it."
+            )
+        time.sleep(poll_seconds)
+
+
+def cmd_create(args, out=sys.stdout) -> str:
+    from fruits_assets.storage import Storage
+
+    region = _region(args)
+    resources = load_resources(args.resources_dir)
+    bucket = args.bucket or env("FRUITS_S3_BUCKET", "")
+    prefix = args.prefix or env("FRUITS_S3_PREFIX", "fruits")
+    kms_key_id = args.kms_key_id or env("FRUITS_KMS_KEY_ID", "")
+    account_id = _client("sts", region).get_caller_identity()["Account"]
+    request = build_run_job_flow_request(
+        resources.cluster,
+        bucket,
+        prefix,
+        region,
+        name=args.name,
+        service_role=args.service_role,
+        job_flow_role=args.job_flow_role,
+        subnet_ids=args.subnet_id,
+        ec2_key_name=args.ec2_key_name,
+    )
+    security = build_security_configuration(
+        resources.security_configuration,
+        region,
+        account_id,
+        kms_key_id,
+        s3_kms=args.s3_kms,
+        tls_certificates_uri=args.tls_certificates,
+    )
+    # The bootstrap script goes to S3 server-side encrypted, like every object this project writes.
+    bootstrap_uri = request["BootstrapActions"][0]["ScriptBootstrapAction"]["Path"]
+    storage = Storage(region_name=region, kms_key_id=kms_key_id if args.s3_kms else None)
+    storage.write_bytes(bootstrap_uri, resources.bootstrap_path.read_bytes())
+    print(f"uploaded {resources.bootstrap_path.name} to {bootstrap_uri}", file=out)
+
+    emr = _client("emr", region)
+    created = ensure_security_configuration(emr, request["SecurityConfiguration"], security)
+    print(
+        f"security configuration {request['SecurityConfiguration']}: "
+        f"{'created' if created else 'exists, kept'}",
+        file=out,
+    )
+    cluster_id = emr.run_job_flow(**request)["JobFlowId"]
+    print(f"cluster {cluster_id} ({request['ReleaseLabel']}) starting in {region}", file=out)
+    if args.wait:
+        state = wait_until_ready(emr, cluster_id, args.timeout, args.poll_seconds)
+        print(f"cluster {cluster_id} is {state}", file=out)
+    print(f"export FRUITS_EMR_CLUSTER_ID={cluster_id}", file=out)
+    return cluster_id
+
+
+def cmd_status(args, out=sys.stdout) -> dict:
+    region = _region(args)
+    cluster = _client("emr", region).describe_cluster(ClusterId=_cluster_id(args))["Cluster"]
+    status = cluster["Status"]
+    summary = {
+        "id": cluster["Id"],
+        "name": cluster.get("Name"),
+        "state": status["State"],
+        "reason": status.get("StateChangeReason", {}).get("Message", ""),
+        "release": cluster.get("ReleaseLabel"),
+        "instances": cluster.get("InstanceCollectionType"),
+        "security_configuration": cluster.get("SecurityConfiguration"),
+        "master": cluster.get("MasterPublicDnsName", ""),
+        "log_uri": cluster.get("LogUri", ""),
+        "normalized_instance_hours": cluster.get("NormalizedInstanceHours", 0),
+    }
+    for key, value in summary.items():
+        print(f"{key:>26}: {value}", file=out)
+    return summary
+
+
+def cmd_terminate(args, out=sys.stdout) -> str:
+    region = _region(args)
+    cluster_id = _cluster_id(args)
+    emr = _client("emr", region)
+    emr.terminate_job_flows(JobFlowIds=[cluster_id])
+    state = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
+    print(f"cluster {cluster_id}: terminate requested, now {state}", file=out)
+    return state
+
+
+def cmd_cost(args, out=sys.stdout) -> float:
+    resources = load_resources(args.resources_dir)
+    cluster, prices = resources.cluster, resources.prices
+    if args.hours is not None:
+        hours = args.hours
+        print(f"assumed billed hours: {hours}", file=out)
+    else:
+        vcpus = worker_vcpus(cluster, prices)
+        hours = hours_for_images(args.images, vcpus, args.images_per_vcpu_second, args.setup_hours)
+        print(
+            f"{args.images} images / ({args.images_per_vcpu_second} images/s/vCPU x {vcpus} worker "
+            f"vCPUs) + {args.setup_hours} h setup = {hours:.3f} billed hours",
+            file=out,
+        )
+    if args.include_idle_timeout:
+        idle = int(cluster["idle_timeout_seconds"]) / 3600.0
+        hours += idle
+        print(f"+ {idle:.2f} h idle before auto-termination (no `fruits-emr terminate`)", file=out)
+    lines = estimate_cost(cluster, prices, hours)
+    print(format_cost_table(lines, prices), file=out)
+    return sum(line.cost for line in lines)
+
+
+def cmd_render(args, out=sys.stdout) -> list[Path]:
+    """Write the IAM and bucket documents with placeholders filled, for `aws iam`/`aws s3api`."""
+    region = _region(args)
+    resources = load_resources(args.resources_dir)
+    account_id = args.account_id or _client("sts", region).get_caller_identity()["Account"]
+    values = placeholder_values(
+        args.bucket or env("FRUITS_S3_BUCKET", ""),
+        args.prefix or env("FRUITS_S3_PREFIX", "fruits"),
+        region,
+        account_id,
+        args.kms_key_id or env("FRUITS_KMS_KEY_ID", ""),
+        env("FRUITS_EMR_STAGING_PREFIX", ""),
+    )
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    sources = sorted((resources.directory / "iam").glob("*.json")) + [
+        resources.directory / "s3_bucket_policy.json",
+        resources.directory / "public_access_block.json",
+        resources.directory / "bucket_encryption.json",
+    ]
+    for source in sources:
+        document = fill_placeholders(json.loads(source.read_text()), values)
+        target = out_dir / source.name
+        target.write_text(json.dumps(document, indent=2) + "\n")
+        written.append(target)
+        print(f"wrote {target}", file=out)
+    return written
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="fruits-emr", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--region", help="AWS region (default FRUITS_AWS_REGION, else eu-west-1)")
+    common.add_argument("--resources-dir", help="emr_resources/ folder (default: the repository's)")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    create = sub.add_parser("create", parents=[common], help="create the cluster")
+    create.add_argument("--bucket", help="S3 bucket (default FRUITS_S3_BUCKET)")
+    create.add_argument("--prefix", help="S3 prefix (default FRUITS_S3_PREFIX, else fruits)")
+    create.add_argument("--name", help="cluster name (default: cluster.yaml's)")
+    create.add_argument("--service-role", help="EMR service role name (default: cluster.yaml's)")
+    create.add_argument("--job-flow-role", help="EC2 instance profile name (default: cluster.yaml's)")
+    create.add_argument("--subnet-id", action="append", help="EC2 subnet id (repeatable)")
+    create.add_argument("--ec2-key-name", help="EC2 key pair for SSH to the master (optional)")
+    create.add_argument("--kms-key-id", help="KMS key for local disks (default FRUITS_KMS_KEY_ID)")
+    create.add_argument("--s3-kms", action="store_true", help="EMRFS writes with SSE-KMS (that key) instead of SSE-S3")
+    create.add_argument("--tls-certificates", help="s3:// URI of a PEM zip: enables in-transit encryption")
+    create.add_argument("--wait", action="store_true", help="wait until the cluster is WAITING")
+    create.add_argument("--timeout", type=float, default=1800.0, help="--wait timeout, seconds")
+    create.add_argument("--poll-seconds", type=float, default=30.0, help=argparse.SUPPRESS)
+
+    for name, text in (("status", "describe the cluster"), ("terminate", "terminate the cluster")):
+        command = sub.add_parser(name, parents=[common], help=text)
+        command.add_argument("--cluster-id", help="default FRUITS_EMR_CLUSTER_ID")
+
+    cost = sub.add_parser("cost", parents=[common], help="estimate the cost of a run (USD)")
+    amount = cost.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--hours", type=float, help="billed cluster hours")
+    amount.add_argument("--images", type=int, help="images in the run (hours from a throughput assumption)")
+    cost.add_argument("--images-per-vcpu-second", type=float, default=IMAGES_PER_VCPU_SECOND)
+    cost.add_argument("--setup-hours", type=float, default=SETUP_HOURS)
+    cost.add_argument("--include-idle-timeout", action="store_true", help="add the auto-termination idle hour")
+
+    render = sub.add_parser("render", parents=[common], help="write filled IAM/bucket policy documents")
+    render.add_argument("--bucket")
+    render.add_argument("--prefix")
+    render.add_argument("--account-id", help="default: from STS")
+    render.add_argument("--kms-key-id")
+    render.add_argument("--out-dir", required=True)
+    return root
+
+
+COMMANDS = {
+    "create": cmd_create,
+    "status": cmd_status,
+    "terminate": cmd_terminate,
+    "cost": cmd_cost,
+    "render": cmd_render,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except FruitsConfigError as error:
+        print(f"fruits-emr {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
