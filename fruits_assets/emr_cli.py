@@ -423,7 +423,8 @@ def wait_until_ready(emr, cluster_id: str, timeout_seconds: float, poll_seconds:
         time.sleep(poll_seconds)
 
 
-def cmd_create(args, out=sys.stdout) -> str:
+def cmd_create(args, out=None) -> str:
+    out = out or sys.stdout
     from fruits_assets.storage import Storage
 
     region = _region(args)
@@ -473,7 +474,8 @@ def cmd_create(args, out=sys.stdout) -> str:
     return cluster_id
 
 
-def cmd_status(args, out=sys.stdout) -> dict:
+def cmd_status(args, out=None) -> dict:
+    out = out or sys.stdout
     region = _region(args)
     cluster = _client("emr", region).describe_cluster(ClusterId=_cluster_id(args))["Cluster"]
     status = cluster["Status"]
@@ -494,7 +496,8 @@ def cmd_status(args, out=sys.stdout) -> dict:
     return summary
 
 
-def cmd_terminate(args, out=sys.stdout) -> str:
+def cmd_terminate(args, out=None) -> str:
+    out = out or sys.stdout
     region = _region(args)
     cluster_id = _cluster_id(args)
     emr = _client("emr", region)
@@ -504,7 +507,8 @@ def cmd_terminate(args, out=sys.stdout) -> str:
     return state
 
 
-def cmd_cost(args, out=sys.stdout) -> float:
+def cmd_cost(args, out=None) -> float:
+    out = out or sys.stdout
     resources = load_resources(args.resources_dir)
     cluster, prices = resources.cluster, resources.prices
     if args.hours is not None:
@@ -527,8 +531,9 @@ def cmd_cost(args, out=sys.stdout) -> float:
     return sum(line.cost for line in lines)
 
 
-def cmd_render(args, out=sys.stdout) -> list[Path]:
+def cmd_render(args, out=None) -> list[Path]:
     """Write the IAM and bucket documents with placeholders filled, for `aws iam`/`aws s3api`."""
+    out = out or sys.stdout
     region = _region(args)
     resources = load_resources(args.resources_dir)
     account_id = args.account_id or _client("sts", region).get_caller_identity()["Account"]

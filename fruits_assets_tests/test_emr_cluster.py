@@ -1,0 +1,269 @@
+"""The EMR cluster tooling (`fruits-emr`, emr_resources/) against a real EMR/S3 API server.
+
+`fruits-emr create/status/terminate` run unchanged against moto's server mode on loopback (the
+`moto_server` fixture sets AWS_ENDPOINT_URL, which boto3 honours): a real HTTP API, but no real
+cluster. moto does not implement ListInstanceFleets or GetAutoTerminationPolicy, so the fleets
+(Spot, Graviton, fallbacks) and the auto-termination policy are checked on the request the CLI
+builds and sends; what moto does record (release, applications, configurations, log URI, security
+configuration, bootstrap action, tags, the uploaded bootstrap's encryption) is checked on the server.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import boto3
+import pytest
+
+from fruits_assets import emr_cli
+from fruits_assets.settings import FruitsConfigError
+
+RESOURCES = Path(__file__).resolve().parents[1] / "emr_resources"
+KMS_KEY = "1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+@pytest.fixture
+def resources() -> emr_cli.EmrResources:
+    return emr_cli.load_resources(RESOURCES)
+
+
+@pytest.fixture
+def emr(moto_server):
+    return boto3.client("emr", region_name="eu-west-1")
+
+
+@pytest.fixture
+def cli_env(monkeypatch):
+    for name in ("FRUITS_AWS_REGION", "FRUITS_ALLOW_NON_EU_REGION", "FRUITS_S3_PREFIX", "FRUITS_EMR_CLUSTER_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FRUITS_KMS_KEY_ID", KMS_KEY)
+
+
+def create_cluster(bucket: str, capsys) -> str:
+    assert emr_cli.main(["create", "--bucket", bucket, "--wait", "--poll-seconds", "0.05", "--timeout", "30"]) == 0
+    out = capsys.readouterr().out
+    match = re.search(r"^export FRUITS_EMR_CLUSTER_ID=(j-[A-Z0-9]+)$", out, re.MULTILINE)
+    assert match, out
+    return match.group(1)
+
+
+def test_create_makes_the_configured_cluster(moto_server, s3_bucket, emr, cli_env, resources, capsys, monkeypatch):
+    sent = {}
+    real_client = emr_cli._client
+
+    def recording_client(service, region):
+        client = real_client(service, region)
+        if service == "emr":
+            original = client.run_job_flow
+
+            def run_job_flow(**request):
+                sent.update(request)
+                return original(**request)
+
+            client.run_job_flow = run_job_flow
+        return client
+
+    monkeypatch.setattr(emr_cli, "_client", recording_client)
+    cluster_id = create_cluster(s3_bucket, capsys)
+
+    cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    config = resources.cluster
+    assert cluster["Status"]["State"] == "WAITING"
+    assert cluster["ReleaseLabel"] == config["release_label"]
+    assert sorted(a["Name"] for a in cluster["Applications"]) == ["Hadoop", "Spark"]
+    assert cluster["SecurityConfiguration"] == "fruits-emr-security"
+    assert cluster["LogUri"] == f"s3://{s3_bucket}/fruits/emr-logs/"
+    assert cluster["ServiceRole"] == "FruitsEmrServiceRole"
+    assert cluster["Ec2InstanceAttributes"]["IamInstanceProfile"] == "FruitsEmrInstanceProfile"
+    assert {t["Key"]: t["Value"] for t in cluster["Tags"]}["project"] == "fruits"
+    by_class = {c["Classification"]: c for c in cluster["Configurations"]}
+    python = "/opt/fruits-venv/bin/python"
+    assert by_class["spark-env"]["Configurations"][0]["Properties"]["PYSPARK_PYTHON"] == python
+    assert by_class["spark-defaults"]["Properties"]["spark.pyspark.python"] == python
+
+    # The bootstrap action points at the uploaded script, which is this repository's, encrypted.
+    (action,) = emr.list_bootstrap_actions(ClusterId=cluster_id)["BootstrapActions"]
+    assert action["ScriptPath"] == f"s3://{s3_bucket}/fruits/emr-bootstrap/bootstrap.sh"
+    s3 = boto3.client("s3", region_name="eu-west-1")
+    key = "fruits/emr-bootstrap/bootstrap.sh"
+    assert s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == (RESOURCES / "bootstrap.sh").read_bytes()
+    assert s3.head_object(Bucket=s3_bucket, Key=key)["ServerSideEncryption"] == "AES256"
+
+    # The security configuration: at-rest encryption with the KMS key, no in-transit without certs.
+    security = json.loads(emr.describe_security_configuration(Name="fruits-emr-security")["SecurityConfiguration"])
+    at_rest = security["EncryptionConfiguration"]["AtRestEncryptionConfiguration"]
+    assert security["EncryptionConfiguration"]["EnableAtRestEncryption"] is True
+    assert security["EncryptionConfiguration"]["EnableInTransitEncryption"] is False
+    assert at_rest["S3EncryptionConfiguration"]["EncryptionMode"] == "SSE-S3"
+    assert at_rest["LocalDiskEncryptionConfiguration"]["AwsKmsKey"].endswith(f":123456789012:key/{KMS_KEY}")
+    assert at_rest["LocalDiskEncryptionConfiguration"]["AwsKmsKey"].startswith("arn:aws:kms:eu-west-1:")
+
+    # What moto cannot show (ListInstanceFleets, GetAutoTerminationPolicy): the request sent.
+    assert sent["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
+    fleets = {f["InstanceFleetType"]: f for f in sent["Instances"]["InstanceFleets"]}
+    assert set(fleets) == {"MASTER", "CORE", "TASK"}
+    assert fleets["MASTER"]["TargetOnDemandCapacity"] == 1 and fleets["MASTER"]["TargetSpotCapacity"] == 0
+    for kind in ("CORE", "TASK"):
+        assert fleets[kind]["TargetOnDemandCapacity"] == 0 and fleets[kind]["TargetSpotCapacity"] >= 1
+        spot = fleets[kind]["LaunchSpecifications"]["SpotSpecification"]
+        assert spot["TimeoutAction"] == "SWITCH_TO_ON_DEMAND"
+    for fleet in fleets.values():
+        types = [c["InstanceType"] for c in fleet["InstanceTypeConfigs"]]
+        assert len(types) >= 2, f"{fleet['Name']} has no fallback instance type"
+        # Graviton: the family letter is followed by a generation digit and "g" (m7g, c6g, m6gd).
+        assert all(re.match(r"^[a-z]\d+g[a-z]*\.", t) for t in types), types
+        assert all(t in resources.prices["instance_types"] for t in types), "a type has no price"
+
+
+def test_terminate_ends_the_cluster(moto_server, s3_bucket, emr, cli_env, capsys):
+    cluster_id = create_cluster(s3_bucket, capsys)
+    assert emr_cli.main(["terminate", "--cluster-id", cluster_id]) == 0
+    assert emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"] in ("TERMINATING", "TERMINATED")
+    assert emr_cli.main(["status", "--cluster-id", cluster_id]) == 0
+    assert re.search(r"state: TERMINAT", capsys.readouterr().out)
+
+
+def test_a_non_eu_region_is_refused(moto_server, s3_bucket, emr, cli_env, capsys, monkeypatch):
+    before = emr.list_clusters()["Clusters"]
+    assert emr_cli.main(["create", "--bucket", s3_bucket, "--region", "us-east-1"]) == 2
+    err = capsys.readouterr().err
+    assert "Region 'us-east-1' refused" in err and "FRUITS_ALLOW_NON_EU_REGION" in err
+    monkeypatch.setenv("FRUITS_AWS_REGION", "us-east-1")
+    assert emr_cli.main(["create", "--bucket", s3_bucket]) == 2
+    assert emr.list_clusters()["Clusters"] == before  # nothing created anywhere
+    # The explicit override is honoured (the DPO agreed): the region reaches the request.
+    monkeypatch.setenv("FRUITS_ALLOW_NON_EU_REGION", "1")
+    args = emr_cli.parser().parse_args(["status", "--region", "us-east-1"])
+    assert emr_cli._region(args) == "us-east-1"
+
+
+def test_create_without_a_kms_key_says_what_to_set(moto_server, s3_bucket, cli_env, capsys, monkeypatch):
+    monkeypatch.delenv("FRUITS_KMS_KEY_ID")
+    assert emr_cli.main(["create", "--bucket", s3_bucket]) == 2
+    assert "FRUITS_KMS_KEY_ID" in capsys.readouterr().err
+
+
+def test_in_transit_encryption_only_with_certificates(resources):
+    without = emr_cli.build_security_configuration(resources.security_configuration, "eu-west-1", "111122223333", KMS_KEY)
+    assert without["EncryptionConfiguration"]["EnableInTransitEncryption"] is False
+    assert "InTransitEncryptionConfiguration" not in without["EncryptionConfiguration"]
+    certs = "s3://b/fruits/certs.zip"
+    with_certs = emr_cli.build_security_configuration(
+        resources.security_configuration, "eu-west-1", "111122223333", KMS_KEY, tls_certificates_uri=certs
+    )
+    tls = with_certs["EncryptionConfiguration"]["InTransitEncryptionConfiguration"]["TLSCertificateConfiguration"]
+    assert with_certs["EncryptionConfiguration"]["EnableInTransitEncryption"] is True
+    assert tls == {"CertificateProviderType": "PEM", "S3Object": certs}
+
+
+def test_cost_is_computed_from_prices_json(resources, capsys):
+    prices = resources.prices["instance_types"]
+    # By hand, from cluster.yaml: 1 on-demand m7g.xlarge + 2 Spot m7g.2xlarge + 4 Spot c7g.2xlarge.
+    per_hour = (
+        1 * (prices["m7g.xlarge"]["on_demand"] + prices["m7g.xlarge"]["emr"])
+        + 2 * (prices["m7g.2xlarge"]["spot"] + prices["m7g.2xlarge"]["emr"])
+        + 4 * (prices["c7g.2xlarge"]["spot"] + prices["c7g.2xlarge"]["emr"])
+    )
+    assert emr_cli.main(["cost", "--hours", "2.5"]) == 0
+    out = capsys.readouterr().out
+    assert f"TOTAL: {per_hour * 2.5:.2f} USD" in out
+    assert f"cluster per hour: {per_hour:.4f} USD" in out
+
+    # --images: hours = setup + images / (rate x worker vCPUs x 3600); workers 2x8 + 4x8 vCPUs.
+    hours = 0.3 + 90_000 / (4.0 * 48 * 3600)
+    assert emr_cli.main(["cost", "--images", "90000"]) == 0
+    out = capsys.readouterr().out
+    assert f"{hours:.3f} billed hours" in out
+    assert f"TOTAL: {per_hour * hours:.2f} USD" in out
+
+
+def test_placeholders_must_all_be_filled(resources):
+    with pytest.raises(FruitsConfigError, match="--bucket"):
+        emr_cli.build_run_job_flow_request(resources.cluster, "", "fruits")
+    with pytest.raises(FruitsConfigError, match=r"\$\{NOPE\}"):
+        emr_cli.fill_placeholders({"a": ["x-${NOPE}"]}, {})
+
+
+def iam_documents() -> list[Path]:
+    return sorted((RESOURCES / "iam").glob("*.json")) + [RESOURCES / "s3_bucket_policy.json"]
+
+
+@pytest.mark.parametrize("path", iam_documents(), ids=lambda p: p.name)
+def test_policy_documents_are_least_privilege_json(path, tmp_path):
+    document = json.loads(path.read_text())
+    assert document["Version"] == "2012-10-17"
+    for statement in document["Statement"]:
+        actions = statement.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        resources = statement.get("Resource", statement.get("NotResource", []))
+        resources = [resources] if isinstance(resources, str) else resources
+        if statement["Effect"] == "Allow":
+            assert "s3:*" not in actions and "*" not in actions, statement
+            if any(a.startswith("s3:") for a in actions):
+                assert all(r.startswith("arn:aws:s3:::") for r in resources), statement
+                assert not {"*", "arn:aws:s3:::*", "arn:aws:s3:::*/*"} & set(resources), statement
+                assert all("${BUCKET}" in r or "elasticmapreduce" in r for r in resources), statement
+        assert "AmazonElasticMapReduceforEC2Role" not in json.dumps(statement)
+
+
+def test_bucket_policy_denies_plain_http_and_unencrypted_puts():
+    statements = json.loads((RESOURCES / "s3_bucket_policy.json").read_text())["Statement"]
+    assert all(s["Effect"] == "Deny" for s in statements)
+    tls = [s for s in statements if s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"]
+    assert tls and tls[0]["Action"] == "s3:*"
+    unencrypted = [s for s in statements if s.get("Condition", {}).get("Null", {}).get("s3:x-amz-server-side-encryption") == "true"]
+    assert unencrypted and unencrypted[0]["Action"] == "s3:PutObject"
+    block = json.loads((RESOURCES / "public_access_block.json").read_text())
+    assert block == {k: True for k in ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")}
+
+
+def test_render_fills_every_placeholder(resources, tmp_path, cli_env):
+    written = emr_cli.main(
+        ["render", "--bucket", "fruits-data", "--account-id", "111122223333", "--out-dir", str(tmp_path)]
+    )
+    assert written == 0
+    for path in tmp_path.glob("*.json"):
+        text = path.read_text()
+        assert "${" not in text, path.name
+        json.loads(text)
+    policy = json.loads((tmp_path / "ec2_instance_profile_policy.json").read_text())
+    resources_seen = [r for s in policy["Statement"] for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
+    assert "arn:aws:s3:::fruits-data/fruits/*" in resources_seen
+
+
+def test_bootstrap_is_valid_bash():
+    script = RESOURCES / "bootstrap.sh"
+    text = script.read_text()
+    assert "set -euo pipefail" in text
+    assert "python3.11" in text and "/opt/fruits-venv" in text
+    subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_bootstrap_passes_shellcheck():
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    result = subprocess.run(["shellcheck", str(RESOURCES / "bootstrap.sh")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_bootstrap_pins_match_pyproject():
+    """The cluster installs the dagster family and TensorFlow at the project's pinned versions."""
+    pyproject = (RESOURCES.parent / "pyproject.toml").read_text()
+    bootstrap = (RESOURCES / "bootstrap.sh").read_text()
+    for name in ("dagster", "dagster-aws", "dagster-pyspark", "tensorflow"):
+        pin = re.search(rf'"{name}==([0-9.]+)', pyproject)
+        assert pin, name
+        assert f'"{name}=={pin.group(1)}"' in bootstrap, name
+
+
+def test_release_spark_minor_matches_installed_pyspark(resources):
+    import pyspark
+
+    release = resources.cluster["release_label"]
+    assert re.match(r"^emr-7\.\d+\.\d+$", release), "EMR 7.x ships Spark 3.5"
+    cluster_spark = resources.cluster["spark_version"].split(".")[:2]
+    assert pyspark.__version__.split(".")[:2] == cluster_spark
+    bootstrap_pyspark = re.search(r'"pyspark==([0-9.]+)"', (RESOURCES / "bootstrap.sh").read_text()).group(1)
+    assert bootstrap_pyspark == resources.cluster["spark_version"]
