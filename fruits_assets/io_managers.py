@@ -104,6 +104,8 @@ class FruitsIOManager(dg.ConfigurableIOManager):
                 f"(asset {context.asset_key.to_user_string()})."
             )
         manifest = {"format": fmt, "location": location, "run_id": context.run_id, "version": version}
+        if fmt == "pca":
+            manifest["spark_model"] = obj.spark_model is not None
         storage.write_bytes(join(asset_dir, MANIFEST), json.dumps(manifest).encode())
         self._delete_old_versions(asset_dir, keep=version if fmt != "csv" else None)
         context.add_output_metadata({"stored_at": dg.MetadataValue.path(location), "format": fmt})
@@ -125,11 +127,12 @@ class FruitsIOManager(dg.ConfigurableIOManager):
             with spark_filesystem_errors(location):
                 return self.pyspark.spark_session.read.parquet(location)
         if fmt == "pca":
-            from pyspark.ml import PipelineModel
+            spark_model = None
+            if manifest.get("spark_model", True):  # a model stored without one loads without one
+                from pyspark.ml import PipelineModel
 
-            spark_dir = join(location, "spark_model")
-            with spark_filesystem_errors(location):
-                spark_model = PipelineModel.load(spark_dir)
+                with spark_filesystem_errors(location):
+                    spark_model = PipelineModel.load(join(location, "spark_model"))
             return PcaModel.from_npz_bytes(
                 self.storage().read_bytes(join(location, "pca_model.npz")), spark_model=spark_model
             )
