@@ -121,13 +121,19 @@ def placeholder_values(
         raise FruitsConfigError("The S3 prefix must not be empty (--prefix or FRUITS_S3_PREFIX).")
     # A full key ARN is accepted too: the templates want the key id after "key/".
     key_id = kms_key_id.rsplit("key/", 1)[-1] if kms_key_id else ""
+    staging_prefix = (staging_prefix or f"{prefix}/emr-staging").strip("/")
+    if not staging_prefix.startswith(prefix + "/"):
+        raise FruitsConfigError(
+            f"FRUITS_EMR_STAGING_PREFIX={staging_prefix!r} is outside FRUITS_S3_PREFIX={prefix!r}: "
+            "the cluster's instance profile may only read and write under the prefix."
+        )
     return {
         "BUCKET": bucket,
         "PREFIX": prefix,
         "REGION": region,
         "ACCOUNT_ID": account_id,
         "KMS_KEY_ID": key_id,
-        "STAGING_PREFIX": (staging_prefix or f"{prefix}/emr-staging").strip("/"),
+        "STAGING_PREFIX": staging_prefix,
     }
 
 
@@ -432,6 +438,8 @@ def cmd_create(args, out=None) -> str:
     bucket = args.bucket or env("FRUITS_S3_BUCKET", "")
     prefix = args.prefix or env("FRUITS_S3_PREFIX", "fruits")
     kms_key_id = args.kms_key_id or env("FRUITS_KMS_KEY_ID", "")
+    # The step launcher stages under FRUITS_EMR_STAGING_PREFIX: it must be inside the prefix.
+    placeholder_values(bucket, prefix, region, staging_prefix=env("FRUITS_EMR_STAGING_PREFIX", ""))
     account_id = _client("sts", region).get_caller_identity()["Account"]
     request = build_run_job_flow_request(
         resources.cluster,

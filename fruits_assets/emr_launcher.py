@@ -34,7 +34,10 @@ def emr_step_launcher(region: str):
         {
             "cluster_id": {"env": "FRUITS_EMR_CLUSTER_ID"},
             "staging_bucket": {"env": "FRUITS_S3_BUCKET"},
-            "staging_prefix": env("FRUITS_EMR_STAGING_PREFIX", "fruits/emr-staging"),
+            # Under FRUITS_S3_PREFIX by default: the cluster's instance profile may only touch it.
+            "staging_prefix": env(
+                "FRUITS_EMR_STAGING_PREFIX", f"{env('FRUITS_S3_PREFIX', 'fruits').strip('/')}/emr-staging"
+            ),
             "region_name": region,
             "deploy_local_job_package": True,
             "local_job_package_path": package_staging_dir(),

@@ -179,6 +179,33 @@ def test_cost_is_computed_from_prices_json(resources, capsys):
     assert f"TOTAL: {per_hour * hours:.2f} USD" in out
 
 
+def test_staging_prefix_must_be_inside_the_prefix(moto_server, s3_bucket, cli_env, capsys, monkeypatch):
+    """The instance profile may only touch ${PREFIX}/*: launcher staging elsewhere would fail on EMR."""
+    monkeypatch.setenv("FRUITS_EMR_STAGING_PREFIX", "elsewhere/emr-staging")
+    assert emr_cli.main(["create", "--bucket", s3_bucket]) == 2
+    assert "outside FRUITS_S3_PREFIX" in capsys.readouterr().err
+
+
+def test_launcher_stages_under_the_prefix_by_default(monkeypatch):
+    from fruits_assets import emr_launcher
+
+    captured = {}
+    real = emr_launcher.emr_pyspark_step_launcher
+
+    class Capture:
+        def configured(self, config):
+            captured.update(config)
+            return real.configured(config)
+
+    monkeypatch.setattr(emr_launcher, "emr_pyspark_step_launcher", Capture())
+    monkeypatch.delenv("FRUITS_EMR_STAGING_PREFIX", raising=False)
+    monkeypatch.setenv("FRUITS_S3_PREFIX", "team-a")
+    emr_launcher.emr_step_launcher("eu-west-1")
+    assert captured["staging_prefix"] == "team-a/emr-staging"
+    values = emr_cli.placeholder_values("b", "team-a", "eu-west-1")
+    assert values["STAGING_PREFIX"] == "team-a/emr-staging"
+
+
 def test_placeholders_must_all_be_filled(resources):
     with pytest.raises(FruitsConfigError, match="--bucket"):
         emr_cli.build_run_job_flow_request(resources.cluster, "", "fruits")
