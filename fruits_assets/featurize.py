@@ -65,6 +65,14 @@ def _weights_from_bytes(spec: str, data: bytes, suffix: str) -> Weights:
     return Weights(spec=spec, sha256=hashlib.sha256(data).hexdigest(), suffix=suffix, data=data)
 
 
+def _weights_from_model(spec: str, model) -> Weights:
+    """Weights of an in-memory model; identified by the arrays, as saved files carry timestamps."""
+    digest = hashlib.sha256()
+    for array in model.get_weights():
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return Weights(spec=spec, sha256=digest.hexdigest(), suffix=".weights.h5", data=_saved_weights(model))
+
+
 def resolve_weights(spec: str, image_size: int, storage) -> Weights:
     """`imagenet` | `random` | local path | `s3://` URI -> checked weights bytes, or one clear error."""
     spec = spec.strip()
@@ -84,12 +92,12 @@ def resolve_weights(spec: str, image_size: int, storage) -> Weights:
                 "s3:// URI of a Keras MobileNetV2 (include_top=False) weights file, or to `random` "
                 "for a smoke test whose features mean nothing."
             ) from None
-        return _weights_from_bytes(spec, _saved_weights(model), ".weights.h5")
+        return _weights_from_model(spec, model)
     if spec == "random":
         import keras
 
         keras.utils.set_random_seed(RANDOM_SEED)
-        return _weights_from_bytes(spec, _saved_weights(build_model(image_size)), ".weights.h5")
+        return _weights_from_model(spec, build_model(image_size))
     try:
         data = storage.read_bytes(spec)
     except Exception as error:

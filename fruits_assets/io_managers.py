@@ -117,6 +117,14 @@ class FruitsIOManager(dg.ConfigurableIOManager):
                 storage.delete_tree(join(asset_dir, name))
 
     # -- reading ------------------------------------------------------------------------------
+    def _spark(self):
+        """The run's session; outside a run (a notebook, a test), the active or a new one."""
+        if self.pyspark.spark_session is not None:
+            return self.pyspark.spark_session
+        from pyspark.sql import SparkSession
+
+        return SparkSession.builder.getOrCreate()
+
     def load_input(self, context: dg.InputContext):
         manifest = self.current(context.asset_key)
         return self.load_manifest(manifest)
@@ -125,7 +133,7 @@ class FruitsIOManager(dg.ConfigurableIOManager):
         fmt, location = manifest["format"], manifest["location"]
         if fmt == "parquet":
             with spark_filesystem_errors(location):
-                return self.pyspark.spark_session.read.parquet(location)
+                return self._spark().read.parquet(location)
         if fmt == "pca":
             spark_model = None
             if manifest.get("spark_model", True):  # a model stored without one loads without one

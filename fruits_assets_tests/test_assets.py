@@ -1,0 +1,92 @@
+"""Each asset invoked directly with `build_asset_context`, on real local Spark and small data."""
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from fruits_assets.assets import (
+    FeaturesConfig,
+    PcaConfig,
+    PreprocessConfig,
+    RawImagesConfig,
+    image_features,
+    pca_features_csv,
+    pca_model,
+    preprocessed_images,
+    raw_images,
+)
+from fruits_assets.io_managers import CsvTable
+from fruits_assets.resources import local_resources
+from fruits_assets.settings import FEATURE_DIM
+
+
+@pytest.fixture(scope="module")
+def context(spark, tmp_path_factory):
+    resources = local_resources(str(tmp_path_factory.mktemp("out")), "local[2]")
+    resources.pop("io_manager")  # direct invocation: outputs come back as values
+    with dg.build_asset_context(resources=resources) as ctx:
+        yield ctx
+
+
+@pytest.fixture(scope="module")
+def stages(context, sample_root):
+    """Run the stages one after another, as the graph would, keeping every output."""
+    raw = raw_images(context, RawImagesConfig(images_root=str(sample_root), limit_per_class=2))
+    outputs = {o.output_name: o for o in preprocessed_images(context, PreprocessConfig(image_size=96), raw.value)}
+    features = image_features(context, FeaturesConfig(weights="random"), outputs["preprocessed_images"].value)
+    features_frame = features.value.cache()
+    model = pca_model(context, PcaConfig(variance_target=0.9, max_k=20), features_frame)
+    csv = pca_features_csv(context, features_frame, model.value)
+    return {"raw": raw, **outputs, "features": features, "features_frame": features_frame, "pca": model, "csv": csv}
+
+
+def test_raw_images_lists_paths_labels_splits_and_bytes(stages, sample_root):
+    raw = stages["raw"]
+    rows = raw.value.collect()
+    assert len(rows) == 8 * 2 * 2 == raw.metadata["images"].value
+    assert {r.split for r in rows} == {"Training", "Test"}
+    assert all(r.content and len(r.content) == r.size and r.reason is None for r in rows)
+    assert raw.metadata["skipped_by_limit"].value == 8 * (2 + 0)
+    assert "Apple Red 1" in raw.metadata["images_per_class"].value
+
+
+def test_preprocessed_images_are_uint8_arrays_of_the_model_size(stages):
+    frame = stages["preprocessed_images"].value
+    row = frame.first()
+    assert len(row.image) == 96 * 96 * 3 and row.image_size == 96
+    assert frame.count() == 32
+    assert stages["rejected_images"].value.count() == 0
+
+
+def test_image_features_are_1280_finite_floats(stages):
+    rows = stages["features_frame"].collect()
+    vectors = np.array([r.features for r in rows])
+    assert vectors.shape == (32, FEATURE_DIM) and np.isfinite(vectors).all()
+    assert stages["features"].metadata["weights"].value == "random"
+
+
+def test_pca_model_is_fitted_on_training_rows_only(stages):
+    model = stages["pca"].value
+    assert model.train_rows == 16
+    assert 1 <= model.k <= 20
+    assert model.components.shape == (FEATURE_DIM, model.k)
+
+
+def test_pca_features_csv_projects_every_row(stages):
+    table = stages["csv"].value
+    assert isinstance(table, CsvTable) and table.k == stages["pca"].value.k
+    rows = table.frame.collect()
+    assert len(rows) == 32 and all(len(r.pcs) == table.k for r in rows)
+
+
+def test_bad_settings_fail_with_one_clear_message(context, stages, sample_root, tmp_path):
+    with pytest.raises(dg.Failure, match="does not exist or is empty"):
+        raw_images(context, RawImagesConfig(images_root=str(tmp_path / "missing")))
+    with pytest.raises(dg.Failure, match="not supported"):
+        list(preprocessed_images(context, PreprocessConfig(image_size=100), stages["raw"].value))
+    with pytest.raises(dg.Failure, match="variance target"):
+        pca_model(context, PcaConfig(variance_target=1.5), stages["features_frame"])
+    with pytest.raises(dg.Failure, match="max k"):
+        pca_model(context, PcaConfig(max_k=0), stages["features_frame"])
+    with pytest.raises(dg.Failure, match="No valid image in the 'Training' split"):
+        pca_model(context, PcaConfig(), stages["features_frame"].where("split = 'Test'"))
