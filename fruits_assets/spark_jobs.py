@@ -18,12 +18,13 @@ import pandas as pd
 from fruits_assets.featurize import Weights, cached_model, featurize_batch
 from fruits_assets.images import ImageRejected, array_to_bytes, bytes_to_batch, decode_image
 from fruits_assets.listing import ListedFile
-from fruits_assets.settings import FruitsConfigError
+from fruits_assets.settings import FruitsConfigError, default_int
 
 # Rows per Arrow batch handed to a Python worker: bounds worker memory (224 px uint8 images are
 # 150 KB each, so 10,000 rows, Spark's default, would be 1.5 GB per batch).
-ARROW_BATCH_ROWS = 256
-ROWS_PER_PARTITION = 2000
+ARROW_BATCH_ROWS = default_int("FRUITS_ARROW_BATCH_ROWS", 256)
+# Partitions of ~this many rows, and always a multiple of the cores so no core idles at the end.
+ROWS_PER_PARTITION = default_int("FRUITS_ROWS_PER_PARTITION", 2000)
 
 
 def local_spark_config(master: str = "local[*]") -> dict:
@@ -76,8 +77,11 @@ def spark_filesystem_errors(path: str):
 
 
 def partitions_for(rows: int, spark) -> int:
-    cores = spark.sparkContext.defaultParallelism
-    return max(1, min(max(cores, math.ceil(rows / ROWS_PER_PARTITION)), max(rows, 1)))
+    """Enough partitions for ~ROWS_PER_PARTITION rows each, rounded up to a multiple of the task
+    slots: 3 equal partitions on 2 slots take 2 rounds, i.e. as long as 4."""
+    slots = max(1, spark.sparkContext.defaultParallelism // int(spark.conf.get("spark.task.cpus", "1")))
+    wanted = max(slots, math.ceil(rows / ROWS_PER_PARTITION))
+    return max(1, min(math.ceil(wanted / slots) * slots, max(rows, 1)))
 
 
 # -- raw_images --------------------------------------------------------------------------------
@@ -159,11 +163,31 @@ def preprocess_frame(raw, image_size: int):
 FEATURES_SCHEMA = "path string, split string, label string, features array<float>"
 
 
+# Marks the Python functions of featurization. PySpark keeps one pool of Python workers per
+# distinct worker environment, so featurization gets its own workers: without it, the workers that
+# read and decode images in the same session would also take featurization tasks, and every one of
+# them would import TensorFlow and build a model (measured: 4-6 models instead of one per core).
+FEATURIZE_WORKER_ENV = ("FRUITS_WORKER_POOL", "featurize")
+
+
+@contextlib.contextmanager
+def _worker_pool(sc, name: str, value: str):
+    previous = sc.environment.get(name)
+    sc.environment[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            sc.environment.pop(name, None)
+        else:
+            sc.environment[name] = previous
+
+
 def featurize_frame(spark, images, weights: Weights, image_size: int, threads: int, batch_size: int):
     """MobileNetV2 features of every preprocessed image.
 
-    The weights go to the executors once, as a broadcast; each Python worker builds the model once
-    (`cached_model`) and reuses it for every batch and task it runs.
+    The weights go to the executors once, as a broadcast; each Python worker of the featurization
+    pool builds the model once (`cached_model`) and reuses it for every batch and task it runs.
     """
     broadcast = spark.sparkContext.broadcast(weights.data)
     spec, sha256, suffix = weights.spec, weights.sha256, weights.suffix
@@ -183,7 +207,11 @@ def featurize_frame(spark, images, weights: Weights, image_size: int, threads: i
                 }
             )
 
-    return images.select("path", "split", "label", "image").mapInPandas(featurize, FEATURES_SCHEMA)
+    # The worker environment is captured when the Python function is wrapped, i.e. here.
+    with _worker_pool(spark.sparkContext, *FEATURIZE_WORKER_ENV):
+        return images.select("path", "split", "label", "image").mapInPandas(
+            featurize, FEATURES_SCHEMA
+        )
 
 
 def as_vectors(features):
