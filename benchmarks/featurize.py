@@ -31,6 +31,7 @@ from benchmarks.common import (
     SHARED_WEIGHTS,
     PeakRss,
     _rss_bytes,
+    cpu_seconds,
     descendants,
     listed_images,
     machine,
@@ -61,6 +62,9 @@ def plain_keras(listed, weights, size: int, batch_size: int, chunk: int = 256):
     return {f.path: features[i] for i, f in enumerate(listed)}, seconds
 
 
+STAGES: dict[str, float] = {}  # seconds of the last spark_path's two halves
+
+
 def spark_path(spark, listed, weights, size: int, threads: int, batch_size: int, work: str) -> float:
     """Files -> raw bytes -> decode+resize -> Parquet -> read -> MobileNetV2 -> Parquet; seconds."""
     from pyspark.sql import functions as F
@@ -78,6 +82,7 @@ def spark_path(spark, listed, weights, size: int, threads: int, batch_size: int,
     raw = raw_images_frame(spark, listed, Storage())
     decoded = preprocess_frame(raw, size).where(F.col("reason").isNull())
     decoded.select("path", "split", "label", "image").write.parquet(f"{work}/preprocessed")
+    STAGES["decode_write"] = time.perf_counter() - started
     stored = spark.read.parquet(f"{work}/preprocessed")
     rows = stored.count()
     # as the image_features asset does:
@@ -85,6 +90,7 @@ def spark_path(spark, listed, weights, size: int, threads: int, batch_size: int,
         spark, stored.repartition(partitions_for(rows, spark)), weights, size, threads, batch_size
     )
     features.write.parquet(f"{work}/features")
+    STAGES["featurize_write"] = time.perf_counter() - started - STAGES["decode_write"]
     return time.perf_counter() - started
 
 
@@ -145,16 +151,21 @@ def run_one(args, count: int) -> dict:
             row["spark_warmup_seconds"] = round(
                 spark_path(spark, listed[: 16 * args.cores], weights, size, threads, args.batch_size, work), 2
             )
-        keras_times, spark_times = [], []
+        keras_times, spark_times, keras_cpu, spark_cpu = [], [], [], []
         with PeakRss() as rss:
             # interleaved, so that a load from outside hits both paths alike
             for _ in range(args.repeat):
                 if not args.spark_only:
                     rss.paused = True
+                    cpu_before = cpu_seconds([os.getpid()])
                     reference, seconds = plain_keras(listed, weights, size, args.batch_size)
                     keras_times.append(seconds)
+                    keras_cpu.append(cpu_seconds([os.getpid()]) - cpu_before)
                 rss.paused = False
+                cpu_before = cpu_seconds(descendants(os.getpid()))
                 spark_times.append(spark_path(spark, listed, weights, size, threads, args.batch_size, work))
+                spark_cpu.append(cpu_seconds(descendants(os.getpid())) - cpu_before)
+                row.setdefault("spark_stage_seconds", []).append({k: round(v, 2) for k, v in STAGES.items()})
                 rss.paused = True
         row["load_average_after"] = load_average()
         best = min(spark_times)
@@ -166,6 +177,11 @@ def run_one(args, count: int) -> dict:
             row["keras_ips"] = round(len(listed) / min(keras_times), 1)
             row["ratio"] = round(row["spark_ips"] / row["keras_ips"], 3)
             row["ratio_per_pair"] = [round(k / s_, 3) for k, s_ in zip(keras_times, spark_times)]
+        # CPU seconds per image: how much work each path does, whatever else runs on the machine
+        row["spark_cpu_seconds_each"] = [round(c, 1) for c in spark_cpu]
+        if keras_cpu:
+            row["keras_cpu_seconds_each"] = [round(c, 1) for c in keras_cpu]
+            row["cpu_ratio"] = round(min(keras_cpu) / min(spark_cpu), 3)
         row["peak_rss_spark_mb"] = round(max(rss.peak_spark, cold_rss.peak_spark) / MB)
         row["peak_rss_keras_process_mb"] = round(max(rss.peak_self, cold_rss.peak_self) / MB)
         row["peak_processes"] = max(rss.peak_workers, cold_rss.peak_workers)
@@ -221,12 +237,12 @@ def main(argv=None) -> None:
         with open(args.json, "w") as handle:
             json.dump(results[0], handle)
     print(f"\nmachine: {results[0]['machine']}; {time.strftime('%Y-%m-%d')}")
-    print("| images | size | keras img/s | spark img/s | ratio | spark s (runs) | warm-up s | peak RSS spark MB | max abs diff |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| images | size | keras img/s | spark img/s | ratio | ratio per pair | keras CPU s / spark CPU s | spark s (runs) | warm-up s | peak RSS spark MB | max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         for size, row in r["sizes"].items():
             print(f"| {r['images']} | {size} | {row.get('keras_ips', '-')} | {row['spark_ips']} | "
-                  f"{row.get('ratio', '-')} | {row['spark_seconds_each']} | {row['spark_warmup_seconds']} | "
+                  f"{row.get('ratio', '-')} | {row.get('ratio_per_pair', '-')} | {row.get('cpu_ratio', '-')} | {row['spark_seconds_each']} | {row['spark_warmup_seconds']} | "
                   f"{row['peak_rss_spark_mb']} | {row.get('max_abs_diff_vs_keras', '-')} |")
     print(f"tf_threads={results[0]['tf_threads']} task_cpus={results[0]['task_cpus']} "
           f"batch={results[0]['batch_size']} arrow_rows={results[0]['arrow_rows']} conf={results[0]['conf']}")
