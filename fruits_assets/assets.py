@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 from pydantic import Field
 
 from fruits_assets.featurize import resolve_weights
@@ -17,6 +18,8 @@ from fruits_assets.images import MAX_PIXELS
 from fruits_assets.io_managers import CsvTable
 from fruits_assets.listing import list_images
 from fruits_assets.pca import PcaModel, fit_pca
+from fruits_assets.plots import confusion_plot, markdown_image, scatter_plot, scree_plot
+from fruits_assets.quality import evaluate
 from fruits_assets.sample_data import generate_sample
 from fruits_assets.settings import (
     FEATURE_DIM,
@@ -42,6 +45,14 @@ from fruits_assets.spark_jobs import (
 )
 
 GROUP = "fruits"
+# Steps that talk to S3 or EMR retry transient faults (throttling, a dropped connection) with
+# backoff; a configuration error (dg.Failure with allow_retries=False) is never retried.
+S3_RETRY = dg.RetryPolicy(
+    max_retries=default_int("FRUITS_MAX_RETRIES", 2),
+    delay=default_float("FRUITS_RETRY_DELAY_SECONDS", 5.0),
+    backoff=dg.Backoff.EXPONENTIAL,
+    jitter=dg.Jitter.PLUS_MINUS,
+)
 # Every asset runs Spark: on EMR, the step launcher runs it on the cluster.
 SPARK_RESOURCES = {"pyspark", "pyspark_step_launcher", "storage"}
 
@@ -118,6 +129,7 @@ def resolve_images_root(images_root: str, storage) -> str:
     kinds={"spark", "python"},
     required_resource_keys=SPARK_RESOURCES,
     code_version="1",
+    retry_policy=S3_RETRY,
 )
 @clear_errors
 def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
@@ -132,27 +144,42 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
             f"No image file found under {root!r} in the layout <split>/<Class Name>/<file>.jpg "
             f"({len(listed)} other files found)."
         )
-    frame = raw_images_frame(spark_for(context, "raw_images"), listed, storage)
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    # Cached: the totals below and the IO manager's write read each file once, not twice.
+    frame = raw_images_frame(spark_for(context, "raw_images"), listed, storage).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    totals = frame.agg(
+        F.sum("size").alias("bytes"),
+        F.sum(F.col("reason").startswith("unreadable").cast("int")).alias("unreadable"),
+    ).first()
     counts: dict[tuple, int] = {}
     for f in images:
         counts[(f.split, f.label)] = counts.get((f.split, f.label), 0) + 1
     splits = sorted({s for s, _ in counts})
     labels = sorted({label for _, label in counts})
     table = [[label, *[counts.get((s, label), 0) for s in splits]] for label in labels]
-    context.log.info(f"raw_images: listed {len(listed)} files under {root} ({len(images)} images)")
-    return dg.Output(
+    table.append(["**total**", *[sum(c for (s, _), c in counts.items() if s == split) for split in splits]])
+    seconds = round(time.perf_counter() - started, 2)
+    context.log.info(f"raw_images: {len(listed)} files under {root} ({len(images)} images) in {seconds}s")
+    yield dg.Output(
         frame,
         metadata={
             "images_root": root,
-            "files_listed": len(listed),
+            "rows": len(listed),
             "images": len(images),
             "rejected_at_listing": len(listed) - len(images),
+            "unreadable": totals["unreadable"] or 0,
             "skipped_by_limit": skipped,
+            "total_bytes": totals["bytes"] or 0,
             "classes": len(labels),
             "images_per_class": dg.MetadataValue.md(markdown_table(["class", *splits], table)),
-            "compute_seconds": round(time.perf_counter() - started, 2),
+            "compute_seconds": seconds,
         },
     )
+    frame.unpersist()
 
 
 # -- preprocessed_images, rejected_images ---------------------------------------------------------
@@ -180,6 +207,7 @@ class PreprocessConfig(dg.Config):
     },
     ins={"raw_images": dg.AssetIn()},
     required_resource_keys=SPARK_RESOURCES,
+    retry_policy=S3_RETRY,
 )
 @clear_errors
 def preprocessed_images(context: dg.AssetExecutionContext, config: PreprocessConfig, raw_images):
@@ -252,6 +280,7 @@ class FeaturesConfig(dg.Config):
     kinds={"spark", "tensorflow"},
     required_resource_keys=SPARK_RESOURCES,
     code_version="1",
+    retry_policy=S3_RETRY,
 )
 @clear_errors
 def image_features(context: dg.AssetExecutionContext, config: FeaturesConfig, preprocessed_images):
@@ -316,10 +345,12 @@ class PcaConfig(dg.Config):
     kinds={"spark"},
     required_resource_keys=SPARK_RESOURCES,
     code_version="1",
+    retry_policy=S3_RETRY,
 )
 @clear_errors
 def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, image_features) -> dg.Output:
     """Spark ML PCA fitted on the Training split, k chosen by explained variance."""
+    from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
@@ -327,7 +358,7 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, image_featur
     spark_for(context, "pca_model")
     train = (
         as_vectors(image_features.where(F.col("split") == config.train_split))
-        .select("features")
+        .select("features", "label")
         .cache()
     )
     train_rows = train.count()
@@ -336,13 +367,31 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, image_featur
             f"No valid image in the {config.train_split!r} split: PCA is fitted on it only."
         )
     model = fit_pca(train, FEATURE_DIM, train_rows, config.variance_target, config.max_k)
+    seconds = time.perf_counter() - started
+    sample = (  # a bounded sample for the scatter plot, not the data set
+        model.spark_model.transform(train)
+        .select(vector_to_array("pca").alias("pcs"), "label")
+        .limit(SCATTER_POINTS)
+        .collect()
+    )
     train.unpersist()
     if model.capped:
         context.log.warning(
             f"pca_model: max_k={config.max_k} reaches only {model.cumulative_variance:.3f} of the "
             f"variance (target {config.variance_target})."
         )
-    return dg.Output(model, metadata=pca_metadata(model, time.perf_counter() - started))
+    scores = np.array([r["pcs"][:2] for r in sample])
+    metadata = pca_metadata(model, seconds)
+    metadata["scree_plot"] = dg.MetadataValue.md(
+        markdown_image(scree_plot(model.explained_variance, model.k, model.variance_target), "scree")
+    )
+    metadata["first_two_components"] = dg.MetadataValue.md(
+        markdown_image(scatter_plot(scores, [r["label"] for r in sample]), "pc_1 vs pc_2")
+    )
+    return dg.Output(model, metadata=metadata)
+
+
+SCATTER_POINTS = 2000
 
 
 def pca_metadata(model: PcaModel, seconds: float) -> dict:
@@ -363,6 +412,7 @@ def pca_metadata(model: PcaModel, seconds: float) -> dict:
     kinds={"spark", "csv"},
     required_resource_keys=SPARK_RESOURCES,
     code_version="1",
+    retry_policy=S3_RETRY,
 )
 @clear_errors
 def pca_features_csv(context: dg.AssetExecutionContext, image_features, pca_model: PcaModel):
@@ -372,4 +422,60 @@ def pca_features_csv(context: dg.AssetExecutionContext, image_features, pca_mode
     return dg.Output(
         CsvTable(projected, pca_model.k, "pca_features.csv"),
         metadata={"columns": 3 + pca_model.k, "k": pca_model.k},
+    )
+
+
+# -- pca_quality ----------------------------------------------------------------------------------
+class QualityConfig(dg.Config):
+    accuracy_floor: float = Field(
+        default=default_float("FRUITS_MIN_ACCURACY", 0.8),
+        description="The accuracy_above_floor check warns below this Test accuracy (FRUITS_MIN_ACCURACY).",
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"scikitlearn"},
+    code_version="1",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "accuracy_above_floor",
+            asset="pca_quality",
+            description="Test accuracy of a classifier on the PCA features reaches the floor.",
+        )
+    ],
+)
+@clear_errors
+def pca_quality(context: dg.AssetExecutionContext, config: QualityConfig, pca_features_csv):
+    """Are k and the input size good enough? Logistic regression on Training rows, scored on Test."""
+    result = evaluate(pca_features_csv)
+    per_class = result.per_class.round(3)
+    context.log.info(f"pca_quality: accuracy {result.accuracy:.3f}, macro F1 {result.macro_f1:.3f}")
+    yield dg.Output(
+        {
+            "accuracy": result.accuracy,
+            "macro_f1": result.macro_f1,
+            "per_class": per_class.to_dict(orient="records"),
+            "train_rows": result.train_rows,
+            "test_rows": result.test_rows,
+        },
+        metadata={
+            "accuracy": round(result.accuracy, 4),
+            "macro_f1": round(result.macro_f1, 4),
+            "train_rows": result.train_rows,
+            "test_rows": result.test_rows,
+            "classifier": "LogisticRegression (scikit-learn) on the pc_* columns, Training -> Test",
+            "per_class": dg.MetadataValue.md(
+                markdown_table(list(per_class.columns), per_class.values.tolist())
+            ),
+            "confusion_matrix": dg.MetadataValue.md(
+                markdown_image(confusion_plot(result.confusion, result.classes), "confusion matrix")
+            ),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="accuracy_above_floor",
+        passed=result.accuracy >= config.accuracy_floor,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"accuracy": round(result.accuracy, 4), "floor": config.accuracy_floor},
     )

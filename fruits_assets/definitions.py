@@ -2,19 +2,21 @@
 
 import dagster as dg
 
-from fruits_assets import assets
+from fruits_assets import assets, checks
 from fruits_assets.resources import resources_by_deployment
 
 all_assets = dg.load_assets_from_modules([assets])
+all_checks = dg.load_asset_checks_from_modules([checks])
 
 fruits_pipeline = dg.define_asset_job(
     "fruits_pipeline",
     selection=dg.AssetSelection.all(),
-    description="Every asset, from the raw images to the PCA CSV.",
+    description="Every asset, from the raw images to the PCA CSV and its evaluation.",
 )
 
 defs = dg.Definitions(
     assets=all_assets,
+    asset_checks=all_checks,
     jobs=[fruits_pipeline],
     resources=resources_by_deployment(),
     # One process for the run: one Spark session (and its warm Python workers, with their cached

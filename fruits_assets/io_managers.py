@@ -10,6 +10,7 @@ materialization current and readable.
 What is stored, by the type the asset returns:
 - Spark DataFrame -> Parquet, written by Spark (local files, or EMRFS `s3://` on EMR);
 - `PcaModel` -> `pca_model.npz` (plain arrays, read with numpy alone) + `spark_model/` (Spark ML);
+- `dict` -> `value.json` (small results such as evaluation metrics);
 - `CsvTable` -> one CSV file at a stable path `<asset>/<file_name>`, streamed from Spark;
   downstream assets load it as a pandas DataFrame.
 """
@@ -77,6 +78,7 @@ class FruitsIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         if obj is None:
             return
+        started = time.perf_counter()
         storage = self.storage()
         asset_dir = self.asset_uri(context.asset_key)
         version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{context.run_id[:8]}"
@@ -94,6 +96,9 @@ class FruitsIOManager(dg.ConfigurableIOManager):
             if obj.spark_model is not None:
                 with spark_filesystem_errors(location):
                     obj.spark_model.write().overwrite().save(join(location, "spark_model"))
+        elif isinstance(obj, dict):
+            fmt = "json"
+            storage.write_bytes(join(location, "value.json"), json.dumps(obj, indent=1).encode())
         elif _is_spark_frame(obj):
             fmt = "parquet"
             with spark_filesystem_errors(location):
@@ -108,7 +113,14 @@ class FruitsIOManager(dg.ConfigurableIOManager):
             manifest["spark_model"] = obj.spark_model is not None
         storage.write_bytes(join(asset_dir, MANIFEST), json.dumps(manifest).encode())
         self._delete_old_versions(asset_dir, keep=version if fmt != "csv" else None)
-        context.add_output_metadata({"stored_at": dg.MetadataValue.path(location), "format": fmt})
+        # Spark is lazy: for a DataFrame, this is when its rows are computed, so it is the time
+        # (and, with the asset's row count, the throughput) of the whole stage.
+        seconds = time.perf_counter() - started
+        metadata = {"stored_at": dg.MetadataValue.path(location), "format": fmt, "write_seconds": round(seconds, 2)}
+        rows = _metadata_number(context.output_metadata.get("rows"))
+        if rows and seconds > 0:
+            metadata["rows_per_second"] = round(rows / seconds, 1)
+        context.add_output_metadata(metadata)
 
     def _delete_old_versions(self, asset_dir: str, keep: str | None) -> None:
         storage = self.storage()
@@ -146,7 +158,14 @@ class FruitsIOManager(dg.ConfigurableIOManager):
             )
         if fmt == "csv":
             return pd.read_csv(io.BytesIO(self.storage().read_bytes(location)))
+        if fmt == "json":
+            return json.loads(self.storage().read_bytes(join(location, "value.json")))
         raise dg.DagsterInvariantViolationError(f"Unknown stored format {fmt!r} at {location}")
+
+
+def _metadata_number(value):
+    value = getattr(value, "value", value)  # a MetadataValue or a plain number
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _is_spark_frame(obj) -> bool:

@@ -3,13 +3,13 @@
 import dagster as dg
 import numpy as np
 
-from fruits_assets import assets
+from fruits_assets import assets, checks
 from fruits_assets.featurize import featurize_batch, load_model, resolve_weights
 from fruits_assets.images import decode_image
 from fruits_assets.resources import local_resources
 from fruits_assets.storage import Storage
 
-ALL_ASSETS = dg.load_assets_from_modules([assets])
+ALL_ASSETS = [*dg.load_assets_from_modules([assets]), *dg.load_asset_checks_from_modules([checks])]
 
 
 def run_config(images_root, weights="random", image_size=96, **extra_ops) -> dict:
@@ -40,6 +40,18 @@ def plain_keras_features(paths, weights_spec: str, image_size: int) -> np.ndarra
     model = load_model(weights, image_size)
     batch = np.stack([decode_image(open(p, "rb").read(), image_size) for p in paths])
     return featurize_batch(model, batch)
+
+
+def check_results(result) -> dict:
+    """{check name: (passed, severity, metadata)} of a run's asset-check evaluations."""
+    out = {}
+    for event in result.get_asset_check_evaluations():
+        out[event.check_name] = (
+            event.passed,
+            event.severity.value,
+            {k: v.value for k, v in event.metadata.items()},
+        )
+    return out
 
 
 def metadata_of(result, asset_name: str) -> dict:

@@ -31,7 +31,7 @@ def context(spark, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stages(context, sample_root):
     """Run the stages one after another, as the graph would, keeping every output."""
-    raw = raw_images(context, RawImagesConfig(images_root=str(sample_root), limit_per_class=2))
+    [raw] = raw_images(context, RawImagesConfig(images_root=str(sample_root), limit_per_class=2))
     outputs = {o.output_name: o for o in preprocessed_images(context, PreprocessConfig(image_size=96), raw.value)}
     features = image_features(context, FeaturesConfig(weights="random"), outputs["preprocessed_images"].value)
     features_frame = features.value.cache()
@@ -81,7 +81,7 @@ def test_pca_features_csv_projects_every_row(stages):
 
 def test_bad_settings_fail_with_one_clear_message(context, stages, sample_root, tmp_path):
     with pytest.raises(dg.Failure, match="does not exist or is empty"):
-        raw_images(context, RawImagesConfig(images_root=str(tmp_path / "missing")))
+        list(raw_images(context, RawImagesConfig(images_root=str(tmp_path / "missing"))))
     with pytest.raises(dg.Failure, match="not supported"):
         list(preprocessed_images(context, PreprocessConfig(image_size=100), stages["raw"].value))
     with pytest.raises(dg.Failure, match="variance target"):

@@ -10,7 +10,13 @@ from sklearn.linear_model import LogisticRegression
 
 from fruits_assets.io_managers import LocalFruitsIOManager
 from fruits_assets.settings import FEATURE_DIM
-from fruits_assets_tests.helpers import materialize, metadata_of, plain_keras_features, run_config
+from fruits_assets_tests.helpers import (
+    check_results,
+    materialize,
+    metadata_of,
+    plain_keras_features,
+    run_config,
+)
 
 import dagster as dg
 
@@ -45,6 +51,15 @@ def test_all_assets_materialize_on_the_synthetic_sample(spark, sample_root, tmp_
     features = load(tmp_path, spark, "image_features")
     assert features.count() == images
     assert len(features.first()["features"]) == FEATURE_DIM
+    checks = check_results(result)
+    for name in ("counts_reconcile", "vectors_complete_and_finite", "csv_matches_features"):
+        assert checks[name][0], (name, checks[name])
+    assert checks["counts_reconcile"][2] == {"listed": images, "preprocessed": images, "rejected": 0}
+    pca = metadata_of(result, "pca_model")
+    assert pca["scree_plot"].startswith("![scree](data:image/png;base64,")
+    quality = metadata_of(result, "pca_quality")
+    assert quality["test_rows"] == 8 * 2 and quality["train_rows"] == 8 * 4
+    assert metadata_of(result, "image_features")["rows_per_second"] > 0
 
 
 def test_spark_features_equal_plain_keras_features(spark, shared_weights, sample_root, tmp_path):
@@ -77,6 +92,9 @@ def test_features_are_meaningful_on_real_photos(spark, shared_weights, shared_sa
     pca = metadata_of(result, "pca_model")
     assert pca["cumulative_explained_variance"] >= 0.95
     assert pca["train_rows"] == 80, "PCA is fitted on the Training split only"
+    # The evaluation asset agrees, and its check passes on real features.
+    assert metadata_of(result, "pca_quality")["accuracy"] >= 0.9
+    assert check_results(result)["accuracy_above_floor"][0]
 
 
 def test_rematerializing_replaces_the_previous_output(spark, sample_root, tmp_path):

@@ -1,0 +1,125 @@
+"""Asset checks: counts that reconcile, sane vectors, PCA on target, a CSV that matches.
+
+Blocking (severity ERROR) where a downstream result would be garbage; warnings where a person
+should look but the output is still usable. Each check reads the stored assets, so it verifies
+what was written, not what the step meant to write.
+"""
+
+import dagster as dg
+
+from fruits_assets.assets import (
+    image_features,
+    pca_features_csv,
+    pca_model,
+    preprocessed_images,
+    raw_images,
+)
+from fruits_assets.settings import FEATURE_DIM, TRAIN_SPLIT
+
+# Checks read Spark outputs: on EMR they run on the cluster too (the step launcher).
+SPARK_CHECK_RESOURCES = {"pyspark", "pyspark_step_launcher"}
+
+
+def reconcile(listed: int, preprocessed: int, rejected: int) -> bool:
+    return listed == preprocessed + rejected
+
+
+@dg.asset_check(
+    asset=preprocessed_images.keys_by_output_name["preprocessed_images"],
+    name="counts_reconcile",
+    description="Files listed = images preprocessed + files rejected: nothing disappears.",
+    blocking=True,
+    additional_ins={"raw_images": dg.AssetIn(), "rejected_images": dg.AssetIn()},
+    required_resource_keys=SPARK_CHECK_RESOURCES,
+)
+def counts_reconcile(preprocessed_images, raw_images, rejected_images) -> dg.AssetCheckResult:
+    listed, valid, rejected = raw_images.count(), preprocessed_images.count(), rejected_images.count()
+    return dg.AssetCheckResult(
+        passed=reconcile(listed, valid, rejected),
+        metadata={"listed": listed, "preprocessed": valid, "rejected": rejected},
+    )
+
+
+@dg.asset_check(
+    asset=image_features,
+    name="vectors_complete_and_finite",
+    description="One feature row per preprocessed image; every vector has 1280 finite values.",
+    blocking=True,
+    additional_ins={"preprocessed_images": dg.AssetIn()},
+    required_resource_keys=SPARK_CHECK_RESOURCES,
+)
+def vectors_complete_and_finite(image_features, preprocessed_images) -> dg.AssetCheckResult:
+    from pyspark.sql import functions as F
+
+    bad_vector = (F.size("features") != FEATURE_DIM) | F.exists(
+        "features", lambda x: F.isnan(x) | (F.abs(x) == float("inf"))
+    )
+    counts = image_features.agg(
+        F.count(F.lit(1)).alias("rows"), F.sum(bad_vector.cast("int")).alias("bad")
+    ).first()
+    rows, bad = counts["rows"], counts["bad"] or 0
+    images = preprocessed_images.count()
+    return dg.AssetCheckResult(
+        passed=rows == images and bad == 0,
+        metadata={"feature_rows": rows, "preprocessed_images": images, "bad_vectors": bad},
+    )
+
+
+@dg.asset_check(
+    asset=pca_model,
+    name="variance_target_reached",
+    description="k components reach the variance target (a warning if max_k capped k).",
+)
+def variance_target_reached(pca_model) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=not pca_model.capped,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "k": pca_model.k,
+            "max_k": pca_model.max_k,
+            "cumulative_explained_variance": round(pca_model.cumulative_variance, 4),
+            "variance_target": pca_model.variance_target,
+        },
+    )
+
+
+@dg.asset_check(
+    asset=pca_features_csv,
+    name="csv_matches_features",
+    description="The CSV has one row per feature row, header path,label,split,pc_1..pc_k.",
+    blocking=True,
+    additional_ins={"image_features": dg.AssetIn(), "pca_model": dg.AssetIn()},
+    required_resource_keys=SPARK_CHECK_RESOURCES,
+)
+def csv_matches_features(pca_features_csv, image_features, pca_model) -> dg.AssetCheckResult:
+    expected_header = ["path", "label", "split", *[f"pc_{i}" for i in range(1, pca_model.k + 1)]]
+    rows, features = len(pca_features_csv), image_features.count()
+    header_ok = list(pca_features_csv.columns) == expected_header
+    return dg.AssetCheckResult(
+        passed=header_ok and rows == features,
+        metadata={"csv_rows": rows, "feature_rows": features, "header_ok": header_ok, "k": pca_model.k},
+    )
+
+
+@dg.asset_check(
+    asset=raw_images,
+    name="training_covers_test_labels",
+    description="Every class in the Test split also has Training images (a warning otherwise).",
+    required_resource_keys=SPARK_CHECK_RESOURCES,
+)
+def training_covers_test_labels(raw_images) -> dg.AssetCheckResult:
+    from pyspark.sql import functions as F
+
+    labels = (
+        raw_images.where(F.col("reason").isNull())
+        .groupBy("split")
+        .agg(F.collect_set("label").alias("labels"))
+        .collect()  # one row per split: a few class names
+    )
+    by_split = {r["split"]: set(r["labels"]) for r in labels}
+    missing = sorted(by_split.get("Test", set()) - by_split.get(TRAIN_SPLIT, set()))
+    return dg.AssetCheckResult(
+        passed=not missing,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"test_labels_missing_from_training": ", ".join(missing) or "none"},
+    )
