@@ -1,0 +1,133 @@
+"""Dirty image folders: every bad input is a real file made here, run through the real assets on
+local Spark; each lands in `rejected_images` with its reason, valid oddities are converted, and
+the counts reconcile (listed = preprocessed + rejected)."""
+
+import io
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+from PIL import Image
+
+from fruits_assets_tests.helpers import check_results, materialize, metadata_of
+
+from fruits_assets.io_managers import LocalFruitsIOManager
+
+
+def jpeg(mode="RGB", size=(100, 100), colour=(200, 40, 40), fmt="JPEG") -> bytes:
+    image = Image.new("RGB", size, colour)
+    if mode != "RGB":
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def noisy_jpeg() -> bytes:
+    noise = np.random.default_rng(1).integers(0, 255, (100, 100, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def bomb_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(buffer, format="PNG")  # 900 Mpx, ~100 KB on disk
+    return buffer.getvalue()
+
+
+# relative path -> (bytes, expected: None for a valid image, else (stage, reason fragment))
+CASES = {
+    "Training/Apple Red 1/good.jpg": (jpeg(), None),
+    "Training/Apple Red 1/photo.PNG": (jpeg(fmt="PNG"), None),
+    "Training/Apple Red 1/gray.jpg": (jpeg("L"), None),
+    "Training/Apple Red 1/cmyk.jpg": (jpeg("CMYK"), None),
+    "Training/Apple Red 1/rgba.png": (jpeg("RGBA", fmt="PNG"), None),
+    "Training/Apple Red 1/wide 640x320.jpeg": (jpeg(size=(640, 320)), None),
+    "Training/Pomme Rougé 1/çà été 1.jpg": (jpeg(colour=(40, 200, 40)), None),
+    "Test/苹果 1/图片 1.jpg": (jpeg(colour=(40, 40, 200)), None),
+    "Test/Apple Red 1/ok.jpg": (jpeg(), None),
+    "Training/Apple Red 1/empty.jpg": (b"", ("decode", "empty file")),
+    "Training/Apple Red 1/truncated.jpg": (noisy_jpeg()[:1500], ("decode", "cannot decode")),
+    "Training/Apple Red 1/notes.jpg": (b"not an image at all\n", ("decode", "cannot decode")),
+    "Training/Apple Red 1/bomb.png": (bomb_png(), ("decode", "decompression bomb")),
+    "Training/Apple Red 1/.DS_Store": (b"\0\0\0\1Bud1", ("listing", "hidden or system file")),
+    "Training/Apple Red 1/Thumbs.db": (b"\xd0\xcf\x11\xe0", ("listing", "hidden or system file")),
+    "Training/stray.jpg": (jpeg(), ("listing", "wrong depth")),
+    "Training/Apple Red 1/extra/deep.jpg": (jpeg(), ("listing", "wrong depth")),
+    "Training/Apple Red 1/readme.txt": (b"hello", ("listing", "not an image file name")),
+}
+
+
+@pytest.fixture(scope="module")
+def dirty_run(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("dirty") / "images"
+    for rel, (data, _) in CASES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    out = tmp_path_factory.mktemp("out")
+    config = {
+        "ops": {
+            "raw_images": {"config": {"images_root": str(root)}},
+            "preprocessed_images": {"config": {"image_size": 96}},
+        }
+    }
+    selection = dg.AssetSelection.assets("raw_images", "preprocessed_images", "rejected_images")
+    result = materialize(out, config, selection=selection | selection.checks_for_assets())
+    return root, out, result
+
+
+def load(out, asset):
+    from dagster_pyspark import PySparkResource
+
+    manager = LocalFruitsIOManager(base_dir=str(out), pyspark=PySparkResource(spark_config={}))
+    return manager.load_manifest(manager.current(dg.AssetKey(asset)))
+
+
+def test_every_bad_file_is_quarantined_with_its_reason(dirty_run):
+    root, out, result = dirty_run
+    assert result.success
+    rejected = {Path(r.path).relative_to(root).as_posix(): r for r in load(out, "rejected_images").collect()}
+    expected = {rel: exp for rel, (_, exp) in CASES.items() if exp is not None}
+    assert set(rejected) == set(expected)
+    for rel, (stage, fragment) in expected.items():
+        assert rejected[rel].stage == stage, rel
+        assert fragment in rejected[rel].reason, (rel, rejected[rel].reason)
+
+
+def test_valid_oddities_are_converted_not_rejected(dirty_run):
+    root, out, _ = dirty_run
+    rows = {Path(r.path).relative_to(root).as_posix(): r for r in load(out, "preprocessed_images").collect()}
+    assert set(rows) == {rel for rel, (_, exp) in CASES.items() if exp is None}
+    assert all(len(r.image) == 96 * 96 * 3 for r in rows.values())
+    assert rows["Test/苹果 1/图片 1.jpg"].label == "苹果 1"
+    assert rows["Training/Pomme Rougé 1/çà été 1.jpg"].label == "Pomme Rougé 1"
+
+
+def test_counts_reconcile_and_are_reported(dirty_run):
+    _, _, result = dirty_run
+    listed = len(CASES)
+    valid = sum(1 for _, exp in CASES.values() if exp is None)
+    passed, _, metadata = check_results(result)["counts_reconcile"]
+    assert passed and metadata == {"listed": listed, "preprocessed": valid, "rejected": listed - valid}
+    reasons = metadata_of(result, "rejected_images")["by_reason"]
+    assert "decompression bomb" in reasons and "hidden or system file" in reasons
+    assert metadata_of(result, "raw_images")["rejected_at_listing"] == 5
+
+
+def test_a_fatal_configuration_error_is_the_headline_not_a_stack_trace(spark, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "Training").mkdir(parents=True)
+    result = materialize(
+        tmp_path / "out",
+        {"ops": {"raw_images": {"config": {"images_root": str(empty)}}}},
+        selection=["raw_images"],
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    error = failure.step_failure_data.error
+    assert error.message.startswith("dagster._core.definitions.events.Failure: No image file found")
+    assert "Py4J" not in error.message and "java" not in error.message.lower()
+    assert failure.step_failure_data.user_failure_data.description.startswith("No image file found")
