@@ -104,6 +104,11 @@ class RawImagesConfig(dg.Config):
         description="Folder or s3:// URI in the Fruits-360 layout <split>/<Class Name>/<file>; "
         "'sample' = a generated synthetic sample (FRUITS_IMAGES_ROOT).",
     )
+    splits: list[str] = Field(
+        default=[],
+        description="Only these top folders (e.g. ['Test']); empty = every split. Rows of other "
+        "splits are not listed, so downstream assets only see these.",
+    )
     limit_per_class: int = Field(
         default=default_int("FRUITS_LIMIT_PER_CLASS", 0),
         description="Keep at most this many images per split and class; 0 = all "
@@ -137,7 +142,7 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     started = time.perf_counter()
     storage = context.resources.storage.get()
     root = resolve_images_root(config.images_root, storage)
-    listed, skipped = list_images(storage, root, config.limit_per_class)
+    listed, skipped = list_images(storage, root, config.limit_per_class, config.splits)
     images = [f for f in listed if f.reason is None]
     if not images:
         raise FruitsConfigError(
@@ -237,6 +242,7 @@ def preprocessed_images(context: dg.AssetExecutionContext, config: PreprocessCon
             "storage_note": f"uint8 RGB {size}x{size}x3 = {bytes_per_image:,} B/image "
             f"(float32 would be {bytes_per_image * 4:,} B)",
             "rejected": sum(r["count"] for r in rejected),
+            "rejected_files": dg.MetadataValue.asset(dg.AssetKey("rejected_images")),
             "max_pixels": MAX_PIXELS,
             "compute_seconds": seconds,
         },

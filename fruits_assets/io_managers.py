@@ -16,6 +16,7 @@ What is stored, by the type the asset returns:
 """
 
 
+import contextlib
 import io
 import json
 import os
@@ -28,7 +29,7 @@ import pandas as pd
 from dagster_pyspark import PySparkResource
 
 from fruits_assets.pca import PcaModel
-from fruits_assets.settings import DEFAULT_REGION
+from fruits_assets.settings import DEFAULT_REGION, FruitsConfigError
 from fruits_assets.spark_jobs import spark_filesystem_errors, write_csv
 from fruits_assets.storage import Storage, is_s3, join
 
@@ -46,6 +47,16 @@ class CsvTable:
 
 class NotMaterializedError(dg.DagsterError):
     pass
+
+
+@contextlib.contextmanager
+def config_errors_fail_once():
+    """A FruitsConfigError (e.g. Spark without an S3 connector) fails the step at once, with its
+    message as the headline: retrying cannot fix it (as `assets.clear_errors` does for assets)."""
+    try:
+        yield
+    except FruitsConfigError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from None
 
 
 class FruitsIOManager(dg.ConfigurableIOManager):
@@ -76,6 +87,10 @@ class FruitsIOManager(dg.ConfigurableIOManager):
 
     # -- writing ------------------------------------------------------------------------------
     def handle_output(self, context: dg.OutputContext, obj) -> None:
+        with config_errors_fail_once():
+            self._handle_output(context, obj)
+
+    def _handle_output(self, context: dg.OutputContext, obj) -> None:
         if obj is None:
             return
         started = time.perf_counter()
@@ -88,8 +103,11 @@ class FruitsIOManager(dg.ConfigurableIOManager):
             with tempfile.TemporaryDirectory() as tmp:
                 local = os.path.join(tmp, obj.file_name)
                 rows = write_csv(obj.frame, obj.k, local)
+                preview = csv_preview(local)
                 storage.upload_file(local, location)
-            context.add_output_metadata({"csv_rows": rows})
+            context.add_output_metadata(
+                {"csv_rows": rows, "csv_path": dg.MetadataValue.path(location), "preview": dg.MetadataValue.md(preview)}
+            )
         elif isinstance(obj, PcaModel):
             fmt = "pca"
             storage.write_bytes(join(location, "pca_model.npz"), obj.to_npz_bytes())
@@ -138,8 +156,9 @@ class FruitsIOManager(dg.ConfigurableIOManager):
         return SparkSession.builder.getOrCreate()
 
     def load_input(self, context: dg.InputContext):
-        manifest = self.current(context.asset_key)
-        return self.load_manifest(manifest)
+        with config_errors_fail_once():
+            manifest = self.current(context.asset_key)
+            return self.load_manifest(manifest)
 
     def load_manifest(self, manifest: dict):
         fmt, location = manifest["format"], manifest["location"]
@@ -161,6 +180,18 @@ class FruitsIOManager(dg.ConfigurableIOManager):
         if fmt == "json":
             return json.loads(self.storage().read_bytes(join(location, "value.json")))
         raise dg.DagsterInvariantViolationError(f"Unknown stored format {fmt!r} at {location}")
+
+
+def csv_preview(local_file: str, rows: int = 5, columns: int = 6) -> str:
+    """The first rows and columns of a CSV as a markdown table."""
+    table = pd.read_csv(local_file, nrows=rows)
+    shown = table.iloc[:, :columns]
+    header = list(shown.columns) + (["…"] if table.shape[1] > columns else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for values in shown.itertuples(index=False):
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in values]
+        lines.append("| " + " | ".join(cells + (["…"] if len(header) > len(cells) else [])) + " |")
+    return "\n".join(lines)
 
 
 def _metadata_number(value):

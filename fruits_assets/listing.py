@@ -68,8 +68,13 @@ def apply_limit(files: list[ListedFile], limit_per_class: int | None) -> tuple[l
     return kept, skipped
 
 
-def list_images(storage, root: str, limit_per_class: int | None = None) -> tuple[list[ListedFile], int]:
-    """All files under `root`, classified, sorted by path; and how many the limit skipped."""
+def list_images(
+    storage, root: str, limit_per_class: int | None = None, splits: list[str] | None = None
+) -> tuple[list[ListedFile], int]:
+    """All files under `root` (only under the `splits` top folders, if given), classified and
+    sorted by path; and how many the limit skipped."""
     files = [classify(root, p) for p in storage.list_files(root)]
+    if splits:
+        files = [f for f in files if f.split in splits]
     files.sort(key=lambda f: f.path)
     return apply_limit(files, limit_per_class)

@@ -62,3 +62,11 @@ def test_list_images_walks_a_real_folder(tmp_path: Path):
     assert skipped == 0
     assert len(listed) == 4
     assert sorted(f.reason is None for f in listed) == [False, True, True, True]
+
+
+def test_list_images_can_keep_only_some_splits(tmp_path: Path):
+    for rel in ("Training/Kiwi 1/0.jpg", "Test/Kiwi 1/0.jpg", "Test/Kiwi 1/1.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    listed, _ = list_images(Storage(), str(tmp_path), splits=["Test"])
+    assert [f.split for f in listed] == ["Test", "Test"]
