@@ -4,7 +4,7 @@ import dagster as dg
 import numpy as np
 
 from fruits_assets import assets, checks
-from fruits_assets.featurize import featurize_batch, load_model, resolve_weights
+from fruits_assets.featurize import load_model, resolve_weights
 from fruits_assets.images import decode_image
 from fruits_assets.resources import local_resources
 from fruits_assets.storage import Storage
@@ -35,11 +35,14 @@ def materialize(output_root, config: dict, selection=None, raise_on_error=True, 
 
 
 def plain_keras_features(paths, weights_spec: str, image_size: int) -> np.ndarray:
-    """The reference: one process, no Spark; same decode, same weights, Keras on a batch."""
+    """The reference: one process, no Spark, none of the product's featurization code; same
+    decode, same weights, Keras' own `preprocess_input` and `model.predict`."""
+    from keras.applications.mobilenet_v2 import preprocess_input
+
     weights = resolve_weights(weights_spec, image_size, Storage())
     model = load_model(weights, image_size)
     batch = np.stack([decode_image(open(p, "rb").read(), image_size) for p in paths])
-    return featurize_batch(model, batch)
+    return model.predict(preprocess_input(batch.astype(np.float32)), batch_size=16, verbose=0)
 
 
 def check_results(result) -> dict:
