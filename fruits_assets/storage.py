@@ -18,6 +18,13 @@ from pathlib import Path
 from fruits_assets.settings import DEFAULT_REGION, FruitsConfigError
 
 
+class StorageUnreachableError(ConnectionError):
+    """S3 cannot be reached (endpoint down, wrong or unroutable).
+
+    Not a FruitsConfigError: an outage is often transient, so the step's RetryPolicy retries it.
+    """
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith(("s3://", "s3a://", "s3n://"))
 
@@ -114,7 +121,17 @@ class Storage:
         if is_s3(root):
             bucket, prefix = split_s3(root)
             prefix = prefix.rstrip("/") + "/" if prefix else ""
-            answer = self.client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            from botocore.exceptions import EndpointConnectionError
+
+            try:
+                answer = self.client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+            except EndpointConnectionError as error:  # the first S3 call of a run: say what to check
+                raise StorageUnreachableError(
+                    f"Cannot reach S3 at {self.client.meta.endpoint_url} to read {root!r}: {error}. "
+                    "Check the endpoint (the `storage` resource's endpoint_url, "
+                    "FRUITS_S3_ENDPOINT_URL or AWS_ENDPOINT_URL) and the network; the step retries "
+                    "(FRUITS_MAX_RETRIES times) in case the outage is transient."
+                ) from error
             return answer.get("KeyCount", 0) > 0
         return Path(root).is_dir()
 
