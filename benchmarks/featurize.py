@@ -163,8 +163,11 @@ def run_one(args, count: int) -> dict:
                     keras_cpu.append(cpu_seconds([os.getpid()]) - cpu_before)
                 rss.paused = False
                 cpu_before = cpu_seconds(descendants(os.getpid()))
+                jvm = [p for p in descendants(os.getpid()) if b"java" in open(f"/proc/{p}/cmdline", "rb").read()]
+                jvm_before = cpu_seconds(jvm)
                 spark_times.append(spark_path(spark, listed, weights, size, threads, args.batch_size, work))
                 spark_cpu.append(cpu_seconds(descendants(os.getpid())) - cpu_before)
+                row.setdefault("spark_jvm_cpu_seconds", []).append(round(cpu_seconds(jvm) - jvm_before, 1))
                 row.setdefault("spark_stage_seconds", []).append({k: round(v, 2) for k, v in STAGES.items()})
                 rss.paused = True
         row["load_average_after"] = load_average()

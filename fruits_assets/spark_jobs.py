@@ -23,8 +23,10 @@ from fruits_assets.settings import FruitsConfigError, default_int
 # Rows per Arrow batch handed to a Python worker: bounds worker memory (224 px uint8 images are
 # 150 KB each, so 10,000 rows, Spark's default, would be 1.5 GB per batch).
 ARROW_BATCH_ROWS = default_int("FRUITS_ARROW_BATCH_ROWS", 256)
-# Partitions of ~this many rows, and always a multiple of the cores so no core idles at the end.
-ROWS_PER_PARTITION = default_int("FRUITS_ROWS_PER_PARTITION", 2000)
+# Partitions of ~this many rows, and a multiple of the task slots so no core idles at the end.
+# Small partitions are cheap (a worker keeps its model across tasks) and let a fast core take
+# more of them when another is slowed down (a busy neighbour on the machine or node).
+ROWS_PER_PARTITION = default_int("FRUITS_ROWS_PER_PARTITION", 250)
 
 
 def local_spark_config(master: str = "local[*]") -> dict:
