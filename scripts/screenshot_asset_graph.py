@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -122,29 +123,54 @@ def _log_tail(path: Path, chars: int = 3000) -> str:
         return "(no log)"
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the id was reused by someone else's group: ours is gone
+        return False
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM the process group we started (webserver + its code server), SIGKILL on timeout."""
-    if proc.poll() is not None:
-        return
+    """Stop the process group we started (the webserver and its code server, or chromedriver and
+    its browser): SIGTERM, wait until every member is gone, SIGKILL the group on timeout."""
+    pgid = proc.pid  # started with start_new_session=True: its own process-group id
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
         try:
-            os.killpg(proc.pid, sig)  # our own new session: proc.pid is its process-group id
+            os.killpg(pgid, sig)
         except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not _group_alive(pgid):
+                break
+            time.sleep(0.1)
+        else:
             continue
+        break
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+@dataclasses.dataclass
+class Webserver:
+    url: str  # base URL, http://127.0.0.1:<port>
+    proc: subprocess.Popen  # leader of its own process group (the code server is in it too)
+
+    def stopped(self) -> bool:
+        """True once the webserver and every process it started are gone."""
+        return self.proc.poll() is not None and not _group_alive(self.proc.pid)
 
 
 @contextlib.contextmanager
 def running_webserver(
     port: int | None = None, startup_timeout: float = 120, dagster_home: Path | None = None
-) -> Iterator[str]:
+) -> Iterator[Webserver]:
     """Start `dagster-webserver -w workspace.yaml` on 127.0.0.1 from the repository root, as
-    `dagster dev` does, with a temporary DAGSTER_HOME; yield its base URL once the code location
-    has loaded; always stop it (and its code server) on exit."""
+    `dagster dev` does, with a temporary DAGSTER_HOME; yield it once the code location has
+    loaded; always stop it (and its code server) on exit, in a try/finally."""
     port = port or free_port()
     with tempfile.TemporaryDirectory(prefix="fruits-dagster-home-") as tmp:
         home = dagster_home or Path(tmp)
@@ -165,7 +191,7 @@ def running_webserver(
             )
         try:
             wait_until_ready(base_url, proc, startup_timeout, log_path)
-            yield base_url
+            yield Webserver(base_url, proc)
         finally:
             stop_process(proc)
 
@@ -398,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             args.url.rstrip("/"), args.out, names, args.timeout, window=window
         )
     else:
-        with running_webserver() as base_url:
-            result = screenshot_asset_graph(base_url, args.out, names, args.timeout, window=window)
+        with running_webserver() as server:
+            result = screenshot_asset_graph(server.url, args.out, names, args.timeout, window=window)
     shown = ", ".join(result["found"])
     print(f"{args.out}: {result['bytes']:,} bytes, {result['url']} showing {shown}")
     return 0
