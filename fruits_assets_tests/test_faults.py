@@ -313,7 +313,7 @@ def test_secret_scan_can_fail(tmp_path):
         f"AWS_ACCESS_KEY_ID={fake_key_id}\n"
         f"aws_secret_access_key = '{fake_secret}'\n"
         "-----BEGIN RSA " "PRIVATE KEY-----\n"
-        "db_password = 'hunter2'\n"
+        "db_pass" "word = 'hunter2'\n"
         "AWS_SECRET_ACCESS_KEY=testing\n"
         "password = 'testing'\n"
     )
