@@ -62,6 +62,7 @@ def plain_keras(listed, weights, size: int, batch_size: int, chunk: int = 256):
     return {f.path: features[i] for i, f in enumerate(listed)}, seconds
 
 
+REPARTITION_ALWAYS = "--repartition-always" in sys.argv
 STAGES: dict[str, float] = {}  # seconds of the last spark_path's two halves
 
 
@@ -70,6 +71,7 @@ def spark_path(spark, listed, weights, size: int, threads: int, batch_size: int,
     from pyspark.sql import functions as F
 
     from fruits_assets.spark_jobs import (
+        balanced_for_featurization,
         featurize_frame,
         partitions_for,
         preprocess_frame,
@@ -86,9 +88,11 @@ def spark_path(spark, listed, weights, size: int, threads: int, batch_size: int,
     stored = spark.read.parquet(f"{work}/preprocessed")
     rows = stored.count()
     # as the image_features asset does:
-    features = featurize_frame(
-        spark, stored.repartition(partitions_for(rows, spark)), weights, size, threads, batch_size
-    )
+    if REPARTITION_ALWAYS:  # the earlier behaviour, for comparison
+        stored = stored.repartition(partitions_for(rows, spark))
+    else:
+        stored = balanced_for_featurization(stored, rows, spark)
+    features = featurize_frame(spark, stored, weights, size, threads, batch_size)
     features.write.parquet(f"{work}/features")
     STAGES["featurize_write"] = time.perf_counter() - started - STAGES["decode_write"]
     return time.perf_counter() - started
@@ -215,6 +219,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tf-threads", type=int, default=0, help="0 = spark.task.cpus")
     parser.add_argument("--conf", action="append", default=[], help="extra Spark conf key=value")
     parser.add_argument("--spark-only", action="store_true")
+    parser.add_argument("--repartition-always", action="store_true",
+                        help="always shuffle before featurization (the behaviour before balanced_for_featurization)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     if args.batch_size is None:

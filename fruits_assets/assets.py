@@ -37,8 +37,8 @@ from fruits_assets.settings import (
 )
 from fruits_assets.spark_jobs import (
     as_vectors,
+    balanced_for_featurization,
     featurize_frame,
-    partitions_for,
     preprocess_frame,
     project_frame,
     raw_images_frame,
@@ -302,7 +302,7 @@ def image_features(context: dg.AssetExecutionContext, config: FeaturesConfig, pr
     threads = config.tf_threads or int(spark.conf.get("spark.task.cpus", "1"))
     features = featurize_frame(
         spark,
-        preprocessed_images.repartition(partitions_for(rows, spark)),
+        balanced_for_featurization(preprocessed_images, rows, spark),
         weights,
         size,
         threads,
