@@ -76,9 +76,14 @@ def ui_script():
 
 
 @pytest.fixture(scope="module")
-def webserver(ui_script, tmp_path_factory):
+def dagster_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("dagster_home")
+
+
+@pytest.fixture(scope="module")
+def webserver(ui_script, dagster_home):
     """Base URL of a real dagster-webserver on loopback; stopped (TERM, then KILL) afterwards."""
-    home = tmp_path_factory.mktemp("dagster_home")
+    home = dagster_home
     # running_webserver starts it in its own process group and, in a try/finally, stops that
     # group (SIGTERM, wait, SIGKILL on timeout) however the tests end.
     with ui_script.running_webserver(startup_timeout=120, dagster_home=home) as server:
@@ -149,3 +154,80 @@ def test_browser_renders_the_asset_graph(ui_script, webserver, tmp_path):
     assert width >= 1000 and height >= 600, (width, height)
     # A rendered graph (nodes, labels, tags) is tens of kB; a blank or tiny error page is far less.
     assert 30_000 < len(data) < 5_000_000, len(data)
+
+
+LAUNCH_RUN = """
+mutation Launch($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+RUN_STATUS = """
+query Status($runId: ID!) {
+  runOrError(runId: $runId) { __typename ... on Run { status } }
+}
+"""
+
+
+@pytest.fixture
+def daemon(ui_script, dagster_home, tmp_path):
+    """The dagster-daemon that `dagster dev` starts beside the webserver: it dequeues the runs
+    the UI launches (Dagster's default run coordinator queues them)."""
+    import os
+    import subprocess
+
+    executable = Path(sys.executable).parent / "dagster-daemon"
+    with open(tmp_path / "daemon.log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(executable), "run", "-w", "workspace.yaml"],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "DAGSTER_HOME": str(dagster_home)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        ui_script.stop_process(proc)
+
+
+def test_materializing_from_the_ui_works(ui_script, webserver, daemon, dagster_home):
+    """What the UI's "Materialize all" does: launch the job through the webserver's GraphQL API
+    (the same mutation the launchpad sends); the daemon dequeues it, the run goes through the
+    default run launcher in its own process, on local Spark, and must succeed and write the CSV
+    under $DAGSTER_HOME."""
+    import time
+
+    params = {
+        "selector": {
+            "repositoryLocationName": ui_script.LOCATION,
+            "repositoryName": ui_script.REPOSITORY,
+            "jobName": "fruits_pipeline",
+        },
+        "runConfigData": {
+            "ops": {
+                "raw_images": {"config": {"images_root": "sample", "limit_per_class": 2}},
+                "preprocessed_images": {"config": {"image_size": 96}},
+                "image_features": {"config": {"weights": "random"}},
+            }
+        },
+    }
+    launched = ui_script.graphql(webserver, LAUNCH_RUN, {"executionParams": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline, status = time.monotonic() + 400, None
+    while time.monotonic() < deadline:
+        status = ui_script.graphql(webserver, RUN_STATUS, {"runId": run_id})["runOrError"]["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(2)
+    assert status == "SUCCESS", f"run {run_id} ended {status}; see {dagster_home}/storage"
+    assert daemon.poll() is None, "the daemon died"
+    csv = Path(dagster_home) / "fruits_output" / "pca_features_csv" / "pca_features.csv"
+    assert len(csv.read_text(encoding="utf-8").splitlines()) == 1 + 8 * 2 * 2
