@@ -26,7 +26,7 @@ def test_local_definitions_are_loadable_and_hold_the_asset_graph():
     assert parents["image_features"] == {"preprocessed_images"}
     assert parents["pca_model"] == {"image_features"}
     assert parents["pca_features_csv"] == {"image_features", "pca_model"}
-    assert defs.get_job_def("fruits_pipeline") is not None
+    assert defs.resolve_job_def("fruits_pipeline") is not None
 
 
 @pytest.mark.parametrize("name", ["local", "emr"])
