@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 import tempfile
 from dataclasses import dataclass
 
@@ -128,7 +129,8 @@ def load_model(weights: Weights, image_size: int):
 
 # -- per Python worker ----------------------------------------------------------------------------
 _MODELS: dict[tuple, object] = {}
-MODEL_BUILDS = {"count": 0}  # how many models this process built (tests and benchmarks read it)
+# Models this process built (tests and benchmarks read it): "count" = all, (sha256, size) = that one.
+MODEL_BUILDS: Counter = Counter()
 
 
 def configure_tensorflow_threads(threads: int) -> None:
@@ -183,6 +185,7 @@ def cached_model(sha256: str, image_size: int, threads: int, get_weights) -> Fea
         model = load_model(get_weights(), image_size)
         _MODELS[key] = FeatureModel(model, compile_forward(model, image_size), image_size)
         MODEL_BUILDS["count"] += 1
+        MODEL_BUILDS[key] += 1
     return _MODELS[key]
 
 

@@ -78,24 +78,29 @@ def spark_filesystem_errors(path: str):
         raise
 
 
+def task_slots(spark) -> int:
+    """How many Spark tasks run at once."""
+    return max(1, spark.sparkContext.defaultParallelism // int(spark.conf.get("spark.task.cpus", "1")))
+
+
 def partitions_for(rows: int, spark) -> int:
     """Enough partitions for ~ROWS_PER_PARTITION rows each, rounded up to a multiple of the task
     slots: 3 equal partitions on 2 slots take 2 rounds, i.e. as long as 4."""
-    slots = max(1, spark.sparkContext.defaultParallelism // int(spark.conf.get("spark.task.cpus", "1")))
+    slots = task_slots(spark)
     wanted = max(slots, math.ceil(rows / ROWS_PER_PARTITION))
     return max(1, min(math.ceil(wanted / slots) * slots, max(rows, 1)))
-
 
 
 def balanced_for_featurization(images, rows: int, spark):
     """`images` as they are when their partitions already keep every task slot busy (a Parquet
     read gives byte-balanced splits), else repartitioned: a shuffle moves every image's bytes
     through the JVM once more, measured at ~10% of the Spark path's CPU at 224 px."""
-    slots = max(1, spark.sparkContext.defaultParallelism // int(spark.conf.get("spark.task.cpus", "1")))
+    slots = task_slots(spark)
     partitions = images.rdd.getNumPartitions()
     if partitions % slots == 0 or partitions >= 4 * slots:
         return images
     return images.repartition(partitions_for(rows, spark))
+
 
 # -- raw_images --------------------------------------------------------------------------------
 RAW_SCHEMA = "path string, split string, label string, reason string, size long, content binary"
