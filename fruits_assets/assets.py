@@ -376,7 +376,7 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, image_featur
     seconds = time.perf_counter() - started
     sample = (  # a bounded sample for the scatter plot, not the data set
         model.spark_model.transform(train)
-        .select(vector_to_array("pca").alias("pcs"), "label")
+        .select(vector_to_array("pca")[0].alias("pc_1"), vector_to_array("pca")[1].alias("pc_2"), "label")
         .limit(SCATTER_POINTS)
         .collect()
     )
@@ -386,7 +386,7 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, image_featur
             f"pca_model: max_k={config.max_k} reaches only {model.cumulative_variance:.3f} of the "
             f"variance (target {config.variance_target})."
         )
-    scores = np.array([r["pcs"][:2] for r in sample])
+    scores = np.array([[r["pc_1"], r["pc_2"] if r["pc_2"] is not None else 0.0] for r in sample])
     metadata = pca_metadata(model, seconds)
     metadata["scree_plot"] = dg.MetadataValue.md(
         markdown_image(scree_plot(model.explained_variance, model.k, model.variance_target), "scree")
