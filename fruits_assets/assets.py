@@ -18,7 +18,13 @@ from fruits_assets.images import MAX_PIXELS
 from fruits_assets.io_managers import CsvTable
 from fruits_assets.listing import list_images
 from fruits_assets.pca import PcaModel, fit_pca
-from fruits_assets.plots import confusion_plot, markdown_image, scatter_plot, scree_plot
+from fruits_assets.plots import (
+    confusion_plot,
+    markdown_image,
+    scatter_plot,
+    scree_plot,
+    thumbnail_sheet,
+)
 from fruits_assets.quality import evaluate
 from fruits_assets.sample_data import generate_sample
 from fruits_assets.settings import (
@@ -116,6 +122,24 @@ class RawImagesConfig(dg.Config):
     )
 
 
+THUMBNAIL_CLASSES = 24
+
+
+def class_thumbnails(images, storage) -> bytes:
+    """The first image of the first classes (a few small reads on the driver, not the data set)."""
+    first: dict[str, str] = {}
+    for f in images:
+        if f.label not in first and len(first) < THUMBNAIL_CLASSES:
+            first[f.label] = f.path
+    samples = []
+    for label, path in sorted(first.items()):
+        try:
+            samples.append((label, storage.read_bytes(path)))
+        except Exception:  # unreadable: it is quarantined downstream; show the name only
+            samples.append((label, b""))
+    return thumbnail_sheet(samples)
+
+
 def resolve_images_root(images_root: str, storage) -> str:
     root = images_root.strip()
     if root == SAMPLE_IMAGES_MARKER:
@@ -181,6 +205,7 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
             "total_bytes": totals["bytes"] or 0,
             "classes": len(labels),
             "images_per_class": dg.MetadataValue.md(markdown_table(["class", *splits], table)),
+            "thumbnails": dg.MetadataValue.md(markdown_image(class_thumbnails(images, storage), "one image per class")),
             "compute_seconds": seconds,
         },
     )

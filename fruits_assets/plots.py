@@ -8,12 +8,17 @@ import io
 import numpy as np
 
 
-def _figure(width=6.0, height=4.0):
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display: render to PNG bytes
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _figure(width=6.0, height=4.0):
+    plt = _pyplot()
     return plt, plt.subplots(figsize=(width, height), dpi=90)
 
 
@@ -71,4 +76,24 @@ def confusion_plot(matrix: np.ndarray, classes: list[str]) -> bytes:
                     color="white" if value > matrix.max() / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true")
     ax.set_title("Confusion matrix (Test split)")
+    return _png(plt, fig)
+
+
+def thumbnail_sheet(samples: list[tuple[str, bytes]], columns: int = 6, size: int = 64) -> bytes:
+    """One image per class, labelled, on a grid: what the input looks like, at a glance."""
+    from PIL import Image
+
+    plt = _pyplot()
+    rows = max(1, -(-len(samples) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.45), dpi=70, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (label, data) in zip(axes.ravel(), samples):
+        try:
+            image = Image.open(io.BytesIO(data)).convert("RGB")
+            image.thumbnail((size, size))
+            ax.imshow(np.asarray(image))
+        except Exception:  # a sample that does not decode shows its name only
+            pass
+        ax.set_title(label[:18], fontsize=7)
     return _png(plt, fig)

@@ -48,6 +48,7 @@ def test_raw_images_lists_paths_labels_splits_and_bytes(stages, sample_root):
     assert all(r.content and len(r.content) == r.size and r.reason is None for r in rows)
     assert raw.metadata["skipped_by_limit"].value == 8 * (2 + 0)
     assert "Apple Red 1" in raw.metadata["images_per_class"].value
+    assert raw.metadata["thumbnails"].value.startswith("![one image per class](data:image/png;base64,")
 
 
 def test_preprocessed_images_are_uint8_arrays_of_the_model_size(stages):
