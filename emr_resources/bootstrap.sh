@@ -30,6 +30,9 @@ else
     log "installing ${PYTHON_BIN} from the Amazon Linux 2023 repositories"
     sudo dnf install -y python3.11 python3.11-pip python3.11-devel
   fi
+  # Native LAPACK for Spark ML's PCA (netlib finds liblapack.so.3 through JNI): ~3x faster fits.
+  # Optional: without it Spark uses its Java implementation, with the same results.
+  sudo dnf install -y lapack blas || log "lapack not installed: PCA uses the Java fallback"
 
   if [[ ! -x "${VENV}/bin/python" ]]; then
     log "creating ${VENV}"
