@@ -15,7 +15,7 @@ from pydantic import Field
 
 from fruits_assets.featurize import resolve_weights
 from fruits_assets.images import MAX_PIXELS
-from fruits_assets.io_managers import CsvTable
+from fruits_assets.io_managers import CsvTable, config_errors_fail_once
 from fruits_assets.listing import list_images
 from fruits_assets.pca import PcaModel, fit_pca
 from fruits_assets.plots import (
@@ -64,28 +64,20 @@ SPARK_RESOURCES = {"pyspark", "pyspark_step_launcher", "storage"}
 
 
 def clear_errors(fn):
-    """A configuration error fails the step with its own message as the headline."""
-
-    def failure(error: FruitsConfigError) -> dg.Failure:
-        return dg.Failure(description=str(error), allow_retries=False)
-
+    """A configuration error fails the step at once, with its own message as the headline."""
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def generator_wrapper(*args, **kwargs):
-            try:
+            with config_errors_fail_once():
                 yield from fn(*args, **kwargs)
-            except FruitsConfigError as error:
-                raise failure(error) from None
 
         return generator_wrapper
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
+        with config_errors_fail_once():
             return fn(*args, **kwargs)
-        except FruitsConfigError as error:
-            raise failure(error) from None
 
     return wrapper
 

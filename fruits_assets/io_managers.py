@@ -51,8 +51,9 @@ class NotMaterializedError(dg.DagsterError):
 
 @contextlib.contextmanager
 def config_errors_fail_once():
-    """A FruitsConfigError (e.g. Spark without an S3 connector) fails the step at once, with its
-    message as the headline: retrying cannot fix it (as `assets.clear_errors` does for assets)."""
+    """A FruitsConfigError (a bad setting, Spark without an S3 connector...) fails the step at
+    once, with its message as the headline: retrying cannot fix it. Used by the IO manager and,
+    through `assets.clear_errors`, by every asset."""
     try:
         yield
     except FruitsConfigError as error:
