@@ -60,12 +60,17 @@ CASES = {
 }
 
 
+UNREADABLE = "Training/Apple Red 1/dangling.jpg"
+
+
 @pytest.fixture(scope="module")
 def dirty_run(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("dirty") / "images"
     for rel, (data, _) in CASES.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
+    # Listed, but cannot be read (a dangling link: root can read any permission-protected file).
+    (root / UNREADABLE).symlink_to(root / "nowhere.jpg")
     out = tmp_path_factory.mktemp("out")
     config = {
         "ops": {
@@ -90,6 +95,7 @@ def test_every_bad_file_is_quarantined_with_its_reason(dirty_run):
     assert result.success
     rejected = {Path(r.path).relative_to(root).as_posix(): r for r in load(out, "rejected_images").collect()}
     expected = {rel: exp for rel, (_, exp) in CASES.items() if exp is not None}
+    expected[UNREADABLE] = ("listing", "unreadable file: FileNotFoundError")
     assert set(rejected) == set(expected)
     for rel, (stage, fragment) in expected.items():
         assert rejected[rel].stage == stage, rel
@@ -107,13 +113,14 @@ def test_valid_oddities_are_converted_not_rejected(dirty_run):
 
 def test_counts_reconcile_and_are_reported(dirty_run):
     _, _, result = dirty_run
-    listed = len(CASES)
+    listed = len(CASES) + 1  # + the unreadable file
     valid = sum(1 for _, exp in CASES.values() if exp is None)
     passed, _, metadata = check_results(result)["counts_reconcile"]
     assert passed and metadata == {"listed": listed, "preprocessed": valid, "rejected": listed - valid}
     reasons = metadata_of(result, "rejected_images")["by_reason"]
     assert "decompression bomb" in reasons and "hidden or system file" in reasons
     assert metadata_of(result, "raw_images")["rejected_at_listing"] == 5
+    assert metadata_of(result, "raw_images")["unreadable"] == 1
 
 
 def test_a_fatal_configuration_error_is_the_headline_not_a_stack_trace(spark, tmp_path):
