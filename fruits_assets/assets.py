@@ -4,18 +4,16 @@ raw_images -> preprocessed_images (+ rejected_images) -> image_features -> pca_m
 """
 
 
-import functools
-import inspect
 import time
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
 from pydantic import Field
 
+from fruits_assets.errors import FruitsConfigError, clear_errors
 from fruits_assets.featurize import resolve_weights
 from fruits_assets.images import MAX_PIXELS
-from fruits_assets.io_managers import CsvTable, config_errors_fail_once
+from fruits_assets.io_managers import CsvTable
 from fruits_assets.listing import list_images
 from fruits_assets.pca import PcaModel, fit_pca
 from fruits_assets.plots import (
@@ -26,21 +24,9 @@ from fruits_assets.plots import (
     thumbnail_sheet,
 )
 from fruits_assets.quality import evaluate
-from fruits_assets.sample_data import generate_sample
-from fruits_assets.settings import (
-    FEATURE_DIM,
-    SAMPLE_IMAGES_MARKER,
-    TRAIN_SPLIT,
-    FruitsConfigError,
-    default_float,
-    default_image_size,
-    default_images_root,
-    default_int,
-    default_output_root,
-    default_weights,
-    validate_image_size,
-    validate_pca_settings,
-)
+from fruits_assets.sample_data import sample_images
+from fruits_assets.settings import FEATURE_DIM, SAMPLE_IMAGES, TRAIN_SPLIT, FruitsSettings, validate_image_size
+from fruits_assets.storage import join
 from fruits_assets.spark_jobs import (
     as_vectors,
     balanced_for_featurization,
@@ -51,35 +37,33 @@ from fruits_assets.spark_jobs import (
 )
 
 GROUP = "fruits"
-# Steps that talk to S3 or EMR retry transient faults (throttling, a dropped connection) with
-# backoff; a configuration error (dg.Failure with allow_retries=False) is never retried.
-S3_RETRY = dg.RetryPolicy(
-    max_retries=default_int("FRUITS_MAX_RETRIES", 2),
-    delay=default_float("FRUITS_RETRY_DELAY_SECONDS", 5.0),
-    backoff=dg.Backoff.EXPONENTIAL,
-    jitter=dg.Jitter.PLUS_MINUS,
-)
-# Every asset runs Spark: on EMR, the step launcher runs it on the cluster.
-SPARK_RESOURCES = {"pyspark", "pyspark_step_launcher", "storage"}
+# Steps that talk to S3 or EMR retry transient faults (throttling, a dropped connection, a lost
+# Spot node) with backoff; a configuration error (dg.Failure with allow_retries=False) is not
+# retried.
+S3_RETRY = dg.RetryPolicy(max_retries=2, delay=5.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+# Every Spark asset: on EMR, the step launcher runs it on the cluster.
+SPARK_RESOURCES = {"settings", "pyspark", "pyspark_step_launcher"}
 
 
-def clear_errors(fn):
-    """A configuration error fails the step at once, with its own message as the headline."""
-    if inspect.isgeneratorfunction(fn):
+def spark_asset(kinds: set[str], **kwargs):
+    """The decorator of an asset computed with Spark (one place for what they share)."""
 
-        @functools.wraps(fn)
-        def generator_wrapper(*args, **kwargs):
-            with config_errors_fail_once():
-                yield from fn(*args, **kwargs)
+    def decorate(fn):
+        return dg.asset(
+            group_name=GROUP,
+            kinds=kinds,
+            required_resource_keys=SPARK_RESOURCES,
+            code_version="1",
+            retry_policy=S3_RETRY,
+            **kwargs,
+        )(clear_errors(fn))
 
-        return generator_wrapper
+    return decorate
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with config_errors_fail_once():
-            return fn(*args, **kwargs)
 
-    return wrapper
+def settings_of(context) -> FruitsSettings:
+    """The run's settings (resolved when the run started)."""
+    return context.resources.settings.resolved()
 
 
 def spark_for(context: dg.AssetExecutionContext, name: str):
@@ -97,20 +81,10 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 # -- raw_images ---------------------------------------------------------------------------------
 class RawImagesConfig(dg.Config):
-    images_root: str = Field(
-        default=default_images_root(),
-        description="Folder or s3:// URI in the Fruits-360 layout <split>/<Class Name>/<file>; "
-        "'sample' = a generated synthetic sample (FRUITS_IMAGES_ROOT).",
-    )
     splits: list[str] = Field(
         default=[],
         description="Only these top folders (e.g. ['Test']); empty = every split. Rows of other "
         "splits are not listed, so downstream assets only see these.",
-    )
-    limit_per_class: int = Field(
-        default=default_int("FRUITS_LIMIT_PER_CLASS", 0),
-        description="Keep at most this many images per split and class; 0 = all "
-        "(FRUITS_LIMIT_PER_CLASS).",
     )
 
 
@@ -132,10 +106,10 @@ def class_thumbnails(images, storage) -> bytes:
     return thumbnail_sheet(samples)
 
 
-def resolve_images_root(images_root: str, storage) -> str:
-    root = images_root.strip()
-    if root == SAMPLE_IMAGES_MARKER:
-        return str(generate_sample(Path(default_output_root()) / "sample_images"))
+def resolve_images_root(settings: FruitsSettings, storage) -> str:
+    root = settings.images_root.strip()
+    if root == SAMPLE_IMAGES:
+        return sample_images(join(settings.assets_uri(), "sample_images"), storage)
     if not storage.root_exists(root):
         raise FruitsConfigError(
             f"Images root {root!r} does not exist or is empty: set FRUITS_IMAGES_ROOT (or the "
@@ -145,20 +119,14 @@ def resolve_images_root(images_root: str, storage) -> str:
     return root
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"spark", "python"},
-    required_resource_keys=SPARK_RESOURCES,
-    code_version="1",
-    retry_policy=S3_RETRY,
-)
-@clear_errors
+@spark_asset(kinds={"spark", "python"})
 def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     """Every file under the images root: path, split, class label and bytes."""
     started = time.perf_counter()
-    storage = context.resources.storage.get()
-    root = resolve_images_root(config.images_root, storage)
-    listed, skipped = list_images(storage, root, config.limit_per_class, config.splits)
+    settings = settings_of(context)
+    storage = context.resources.settings.storage()
+    root = resolve_images_root(settings, storage)
+    listed, skipped = list_images(storage, root, settings.limit_per_class, config.splits)
     images = [f for f in listed if f.reason is None]
     if not images:
         raise FruitsConfigError(
@@ -169,7 +137,7 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     from pyspark.sql import functions as F
 
     # Cached: the totals below and the IO manager's write read each file once, not twice.
-    frame = raw_images_frame(spark_for(context, "raw_images"), listed, storage).persist(
+    frame = raw_images_frame(spark_for(context, "raw_images"), listed, storage, settings.rows_per_partition).persist(
         StorageLevel.MEMORY_AND_DISK
     )
     totals = frame.agg(
@@ -205,13 +173,6 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
 
 
 # -- preprocessed_images, rejected_images ---------------------------------------------------------
-class PreprocessConfig(dg.Config):
-    image_size: int = Field(
-        default=default_image_size(),
-        description="Model input size in pixels: 96, 128, 160, 192 or 224 (FRUITS_IMAGE_SIZE).",
-    )
-
-
 @dg.multi_asset(
     outs={
         "preprocessed_images": dg.AssetOut(
@@ -232,13 +193,13 @@ class PreprocessConfig(dg.Config):
     retry_policy=S3_RETRY,
 )
 @clear_errors
-def preprocessed_images(context: dg.AssetExecutionContext, config: PreprocessConfig, raw_images):
+def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
     """Decoded, RGB, resized images as compact uint8 arrays, and the rejected files."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
-    size = validate_image_size(config.image_size)
+    size = settings_of(context).image_size
     spark_for(context, "preprocessed_images")
     decoded = preprocess_frame(raw_images, size).persist(StorageLevel.MEMORY_AND_DISK)
     by_reason = decoded.groupBy("stage", "reason").count().collect()  # a few rows, not images
@@ -281,49 +242,26 @@ def preprocessed_images(context: dg.AssetExecutionContext, config: PreprocessCon
 
 
 # -- image_features -------------------------------------------------------------------------------
-class FeaturesConfig(dg.Config):
-    weights: str = Field(
-        default=default_weights(),
-        description="'imagenet' (Keras download/cache), a local path or s3:// URI of a Keras "
-        "MobileNetV2 weights file, or 'random' (seeded; smoke tests only) (FRUITS_MODEL_WEIGHTS).",
-    )
-    predict_batch_size: int = Field(
-        default=default_int("FRUITS_PREDICT_BATCH_SIZE", 32),
-        description="Images per MobileNetV2 call in a worker (FRUITS_PREDICT_BATCH_SIZE). 32 is "
-        "as fast as 64 on CPU and needs ~0.5 GB less per worker at 224 px (benchmarks/README.md).",
-    )
-    tf_threads: int = Field(
-        default=default_int("FRUITS_TF_THREADS", 0),
-        description="TensorFlow threads per Python worker; 0 = spark.task.cpus (FRUITS_TF_THREADS).",
-    )
-
-
-@dg.asset(
-    group_name=GROUP,
-    kinds={"spark", "tensorflow"},
-    required_resource_keys=SPARK_RESOURCES,
-    code_version="1",
-    retry_policy=S3_RETRY,
-)
-@clear_errors
-def image_features(context: dg.AssetExecutionContext, config: FeaturesConfig, preprocessed_images):
+@spark_asset(kinds={"spark", "tensorflow"})
+def image_features(context: dg.AssetExecutionContext, preprocessed_images):
     """1280-d MobileNetV2 (ImageNet-style, avg-pooled) feature vectors, one per image."""
     started = time.perf_counter()
+    settings = settings_of(context)
     spark = spark_for(context, "image_features")
     sizes = [r["image_size"] for r in preprocessed_images.select("image_size").distinct().collect()]
     if len(sizes) != 1:
         raise FruitsConfigError(f"preprocessed_images holds no images, or mixed sizes: {sizes}")
     size = validate_image_size(sizes[0])
     rows = preprocessed_images.count()
-    weights = resolve_weights(config.weights, size, context.resources.storage.get())
-    threads = config.tf_threads or int(spark.conf.get("spark.task.cpus", "1"))
+    weights = resolve_weights(settings.model_weights, size, context.resources.settings.storage())
+    threads = settings.tf_threads or int(spark.conf.get("spark.task.cpus", "1"))
     features = featurize_frame(
         spark,
-        balanced_for_featurization(preprocessed_images, rows, spark),
+        balanced_for_featurization(preprocessed_images, rows, spark, settings.rows_per_partition),
         weights,
         size,
         threads,
-        config.predict_batch_size,
+        settings.predict_batch_size,
     )
     if not weights.meaningful:
         context.log.warning("image_features: weights=random: these features are NOT meaningful.")
@@ -341,7 +279,7 @@ def image_features(context: dg.AssetExecutionContext, config: FeaturesConfig, pr
             "weights_sha256": weights.sha256,
             "weights_meaningful": weights.meaningful,
             "tf_threads_per_worker": threads,
-            "predict_batch_size": config.predict_batch_size,
+            "predict_batch_size": settings.predict_batch_size,
             "versions": f"tensorflow {tf.__version__}, keras {keras.__version__}, "
             f"spark {pyspark.__version__}",
             "setup_seconds": round(time.perf_counter() - started, 2),
@@ -351,33 +289,17 @@ def image_features(context: dg.AssetExecutionContext, config: FeaturesConfig, pr
 
 # -- pca_model ------------------------------------------------------------------------------------
 class PcaConfig(dg.Config):
-    variance_target: float = Field(
-        default=default_float("FRUITS_PCA_VARIANCE", 0.95),
-        description="Keep the smallest k reaching this explained-variance ratio, in (0, 1] "
-        "(FRUITS_PCA_VARIANCE).",
-    )
-    max_k: int = Field(
-        default=default_int("FRUITS_PCA_MAX_K", 300),
-        description="Never keep more than this many components (FRUITS_PCA_MAX_K).",
-    )
     train_split: str = Field(default=TRAIN_SPLIT, description="The split PCA is fitted on.")
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"spark"},
-    required_resource_keys=SPARK_RESOURCES,
-    code_version="1",
-    retry_policy=S3_RETRY,
-)
-@clear_errors
+@spark_asset(kinds={"spark"})
 def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, image_features) -> dg.Output:
     """Spark ML PCA fitted on the Training split, k chosen by explained variance."""
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
-    validate_pca_settings(config.variance_target, config.max_k)
+    settings = settings_of(context)
     spark_for(context, "pca_model")
     train = (
         as_vectors(image_features.where(F.col("split") == config.train_split))
@@ -389,7 +311,7 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, image_featur
         raise FruitsConfigError(
             f"No valid image in the {config.train_split!r} split: PCA is fitted on it only."
         )
-    model = fit_pca(train, FEATURE_DIM, train_rows, config.variance_target, config.max_k)
+    model = fit_pca(train, FEATURE_DIM, train_rows, settings.pca_variance, settings.pca_max_k)
     seconds = time.perf_counter() - started
     sample = (  # a bounded sample for the scatter plot, not the data set
         model.spark_model.transform(train)
@@ -400,8 +322,8 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, image_featur
     train.unpersist()
     if model.capped:
         context.log.warning(
-            f"pca_model: max_k={config.max_k} reaches only {model.cumulative_variance:.3f} of the "
-            f"variance (target {config.variance_target})."
+            f"pca_model: max_k={model.max_k} reaches only {model.cumulative_variance:.3f} of the "
+            f"variance (target {model.variance_target})."
         )
     scores = np.array([[r["pc_1"], r["pc_2"] if r["pc_2"] is not None else 0.0] for r in sample])
     metadata = pca_metadata(model, seconds)
@@ -430,14 +352,7 @@ def pca_metadata(model: PcaModel, seconds: float) -> dict:
 
 
 # -- pca_features_csv -----------------------------------------------------------------------------
-@dg.asset(
-    group_name=GROUP,
-    kinds={"spark", "csv"},
-    required_resource_keys=SPARK_RESOURCES,
-    code_version="1",
-    retry_policy=S3_RETRY,
-)
-@clear_errors
+@spark_asset(kinds={"spark", "csv"})
 def pca_features_csv(context: dg.AssetExecutionContext, image_features, pca_model: PcaModel):
     """One CSV: path, label, split and the k principal components of every valid image."""
     spark_for(context, "pca_features_csv")
@@ -449,17 +364,11 @@ def pca_features_csv(context: dg.AssetExecutionContext, image_features, pca_mode
 
 
 # -- pca_quality ----------------------------------------------------------------------------------
-class QualityConfig(dg.Config):
-    accuracy_floor: float = Field(
-        default=default_float("FRUITS_MIN_ACCURACY", 0.8),
-        description="The accuracy_above_floor check warns below this Test accuracy (FRUITS_MIN_ACCURACY).",
-    )
-
-
 @dg.asset(
     group_name=GROUP,
     kinds={"scikitlearn"},
     code_version="1",
+    required_resource_keys={"settings"},
     check_specs=[
         dg.AssetCheckSpec(
             "accuracy_above_floor",
@@ -469,8 +378,9 @@ class QualityConfig(dg.Config):
     ],
 )
 @clear_errors
-def pca_quality(context: dg.AssetExecutionContext, config: QualityConfig, pca_features_csv):
+def pca_quality(context: dg.AssetExecutionContext, pca_features_csv):
     """Are k and the input size good enough? Logistic regression on Training rows, scored on Test."""
+    floor = settings_of(context).min_accuracy
     result = evaluate(pca_features_csv)
     per_class = result.per_class.round(3)
     context.log.info(f"pca_quality: accuracy {result.accuracy:.3f}, macro F1 {result.macro_f1:.3f}")
@@ -498,7 +408,7 @@ def pca_quality(context: dg.AssetExecutionContext, config: QualityConfig, pca_fe
     )
     yield dg.AssetCheckResult(
         check_name="accuracy_above_floor",
-        passed=result.accuracy >= config.accuracy_floor,
+        passed=result.accuracy >= floor,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"accuracy": round(result.accuracy, 4), "floor": config.accuracy_floor},
+        metadata={"accuracy": round(result.accuracy, 4), "floor": floor},
     )

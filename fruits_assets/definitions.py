@@ -1,9 +1,9 @@
-"""The code location: assets, checks, jobs and the resources of the deployment in force."""
+"""The code location: assets, checks, the job and the resources (the same in every deployment)."""
 
 import dagster as dg
 
 from fruits_assets import assets, checks
-from fruits_assets.resources import resources_by_deployment
+from fruits_assets.resources import fruits_resources
 
 all_assets = dg.load_assets_from_modules([assets])
 all_checks = dg.load_asset_checks_from_modules([checks])
@@ -18,7 +18,7 @@ defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     jobs=[fruits_pipeline],
-    resources=resources_by_deployment(),
+    resources=fruits_resources(),
     # One process for the run: one Spark session (and its warm Python workers, with their cached
     # model) serves every step, instead of a JVM and TensorFlow start per step.
     executor=dg.in_process_executor,

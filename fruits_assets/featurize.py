@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fruits_assets.settings import FEATURE_DIM, FruitsConfigError
+from fruits_assets.errors import FruitsConfigError
+from fruits_assets.settings import FEATURE_DIM
 
 RANDOM_SEED = 1360  # `random` weights are seeded: the same "features" on every run and worker
 

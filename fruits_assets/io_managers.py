@@ -1,6 +1,6 @@
-"""Where assets live: one IO manager class, with thin local and S3 subclasses.
+"""Where assets live: one IO manager, under the run's assets URI (a folder, or s3://bucket/prefix).
 
-Layout under the base (a folder or `s3://bucket/prefix`), per asset:
+Layout under the base, per asset:
     <asset>/_CURRENT.json          the commit point: which version is current, and its format
     <asset>/v-<time>-<run>/...     the data of one materialization
 A materialization writes a new version, then replaces `_CURRENT.json` (an atomic rename locally,
@@ -16,7 +16,6 @@ What is stored, by the type the asset returns:
 """
 
 
-import contextlib
 import io
 import json
 import os
@@ -26,12 +25,14 @@ from dataclasses import dataclass
 
 import dagster as dg
 import pandas as pd
-from dagster_pyspark import PySparkResource
+from dagster import ResourceDependency
 
+from fruits_assets.errors import config_errors_fail_once, spark_filesystem_errors
 from fruits_assets.pca import PcaModel
-from fruits_assets.settings import DEFAULT_REGION, FruitsConfigError
-from fruits_assets.spark_jobs import spark_filesystem_errors, write_csv
-from fruits_assets.storage import Storage, is_s3, join
+from fruits_assets.settings import FruitsSettings
+from fruits_assets.spark import SparkResource
+from fruits_assets.spark_jobs import write_csv
+from fruits_assets.storage import Storage, join
 
 MANIFEST = "_CURRENT.json"
 
@@ -49,27 +50,17 @@ class NotMaterializedError(dg.DagsterError):
     pass
 
 
-@contextlib.contextmanager
-def config_errors_fail_once():
-    """A FruitsConfigError (a bad setting, Spark without an S3 connector...) fails the step at
-    once, with its message as the headline: retrying cannot fix it. Used by the IO manager and,
-    through `assets.clear_errors`, by every asset."""
-    try:
-        yield
-    except FruitsConfigError as error:
-        raise dg.Failure(description=str(error), allow_retries=False) from None
-
-
 class FruitsIOManager(dg.ConfigurableIOManager):
     """Stores each asset as a committed version under `base_uri()`; see the module docstring."""
 
-    pyspark: PySparkResource
+    settings: ResourceDependency[FruitsSettings]
+    pyspark: ResourceDependency[SparkResource]
 
     def base_uri(self) -> str:
-        raise NotImplementedError
+        return self.settings.assets_uri()
 
     def storage(self) -> Storage:
-        raise NotImplementedError
+        return self.settings.storage()
 
     # -- paths --------------------------------------------------------------------------------
     def asset_uri(self, asset_key: dg.AssetKey) -> str:
@@ -149,12 +140,7 @@ class FruitsIOManager(dg.ConfigurableIOManager):
 
     # -- reading ------------------------------------------------------------------------------
     def _spark(self):
-        """The run's session; outside a run (a notebook, a test), the active or a new one."""
-        if self.pyspark.spark_session is not None:
-            return self.pyspark.spark_session
-        from pyspark.sql import SparkSession
-
-        return SparkSession.builder.getOrCreate()
+        return self.pyspark.spark_session
 
     def load_input(self, context: dg.InputContext):
         with config_errors_fail_once():
@@ -167,12 +153,18 @@ class FruitsIOManager(dg.ConfigurableIOManager):
             with spark_filesystem_errors(location):
                 return self._spark().read.parquet(location)
         if fmt == "pca":
+            # The Spark model loads on first use only: a check that reads k on the Dagster host
+            # must not need Spark (nor, on EMR, an S3 file system for Spark).
             spark_model = None
             if manifest.get("spark_model", True):  # a model stored without one loads without one
-                from pyspark.ml import PipelineModel
 
-                with spark_filesystem_errors(location):
-                    spark_model = PipelineModel.load(join(location, "spark_model"))
+                def spark_model():
+                    from pyspark.ml import PipelineModel
+
+                    self._spark()  # PipelineModel.load needs an active session
+                    with config_errors_fail_once(), spark_filesystem_errors(location):
+                        return PipelineModel.load(join(location, "spark_model"))
+
             return PcaModel.from_npz_bytes(
                 self.storage().read_bytes(join(location, "pca_model.npz")), spark_model=spark_model
             )
@@ -206,42 +198,3 @@ def _is_spark_frame(obj) -> bool:
     except ImportError:  # pragma: no cover - pyspark is a dependency
         return False
     return isinstance(obj, DataFrame)
-
-
-class LocalFruitsIOManager(FruitsIOManager):
-    """Assets under a local folder (the local deployment)."""
-
-    base_dir: str
-
-    def base_uri(self) -> str:
-        return os.path.abspath(self.base_dir)
-
-    def storage(self) -> Storage:
-        return Storage()
-
-
-class S3FruitsIOManager(FruitsIOManager):
-    """Assets under `s3://bucket/prefix`: Spark writes through EMRFS, the rest through boto3.
-
-    Every object boto3 writes is server-side encrypted (SSE-S3, or SSE-KMS with `kms_key_id`);
-    on EMR, the cluster's security configuration encrypts what EMRFS writes.
-    """
-
-    bucket: str
-    prefix: str = "fruits"
-    region_name: str = DEFAULT_REGION
-    endpoint_url: str | None = None
-    kms_key_id: str | None = None
-
-    def base_uri(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix.strip('/')}" if self.prefix else f"s3://{self.bucket}"
-
-    def storage(self) -> Storage:
-        return Storage(
-            region_name=self.region_name,
-            endpoint_url=self.endpoint_url or None,
-            kms_key_id=self.kms_key_id or None,
-        )
-
-
-__all__ = ["CsvTable", "FruitsIOManager", "LocalFruitsIOManager", "S3FruitsIOManager", "is_s3"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fruits_assets.settings import FruitsConfigError
+from fruits_assets.errors import FruitsConfigError
 
 
 def choose_k(explained_variance: np.ndarray, target: float, max_k: int) -> tuple[int, bool]:
@@ -45,7 +45,15 @@ class PcaModel:
     variance_target: float
     max_k: int
     train_rows: int
-    spark_model: object = field(default=None, repr=False)  # pyspark.ml.PipelineModel or None
+    # A pyspark.ml.PipelineModel, a function that loads it on first use, or None.
+    spark: object = field(default=None, repr=False)
+
+    @property
+    def spark_model(self):
+        """The Spark form of the model (loaded on first use when stored)."""
+        if callable(self.spark):
+            self.spark = self.spark()
+        return self.spark
 
     @property
     def k(self) -> int:
@@ -92,7 +100,7 @@ class PcaModel:
                 variance_target=header["variance_target"],
                 max_k=header["max_k"],
                 train_rows=header["train_rows"],
-                spark_model=spark_model,
+                spark=spark_model,
             )
 
 
@@ -122,5 +130,5 @@ def fit_pca(
         variance_target=variance_target,
         max_k=max_k,
         train_rows=train_rows,
-        spark_model=PipelineModel(stages=[scaler, pca, slicer]),
+        spark=PipelineModel(stages=[scaler, pca, slicer]),
     )

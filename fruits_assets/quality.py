@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fruits_assets.settings import TRAIN_SPLIT, FruitsConfigError
+from fruits_assets.errors import FruitsConfigError
+from fruits_assets.settings import TRAIN_SPLIT
 
 
 @dataclass

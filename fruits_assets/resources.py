@@ -1,78 +1,47 @@
-"""Resources for each deployment: the one place that knows `local` from `emr`.
+"""The resources of the code location: one dict, the same in every deployment.
 
-Both dicts have the same keys; assets never branch on the deployment. The EMR step launcher's
-wiring lives in `emr_launcher.py`.
+The deployment (`local` or `emr`) is a setting of the run (FRUITS_DEPLOYMENT, read when the run
+starts), and the only things it changes are decided here and in `FruitsSettings.assets_uri()`:
+- `pyspark_step_launcher`: none locally; on EMR, the step launcher (`emr_launcher.py`) that runs
+  each asset step on the cluster;
+- `pyspark`: a session on this machine, or the one spark-submit made on the cluster (`spark.py`);
+- `io_manager`: assets under a local folder, or under s3://bucket/prefix.
+Assets never branch on the deployment.
 """
 
 
 import dagster as dg
-from dagster_pyspark import PySparkResource
 
-from fruits_assets.io_managers import LocalFruitsIOManager, S3FruitsIOManager
-from fruits_assets.settings import (
-    DEFAULT_REGION,
-    allow_other_region,
-    default_output_root,
-    deployment_name,
-    env,
-    validate_region,
-)
-from fruits_assets.spark_jobs import cluster_spark_config, local_spark_config
-from fruits_assets.storage import Storage
+from fruits_assets.errors import FruitsConfigError
+from fruits_assets.io_managers import FruitsIOManager
+from fruits_assets.settings import FruitsSettings
+from fruits_assets.spark import SparkResource
 
 
-class StorageResource(dg.ConfigurableResource):
-    """How boto3 reaches S3 for images and weights: region, optional endpoint, optional KMS key."""
+@dg.resource(required_resource_keys={"settings"})
+def step_launcher(context: dg.InitResourceContext):
+    """`pyspark_step_launcher`: None in the local deployment, the EMR step launcher in `emr`."""
+    settings: FruitsSettings = context.resources.settings
+    try:
+        deployment = settings.resolved().deployment
+    except FruitsConfigError:
+        # The step then runs here and fails at once with the settings' own clear message (every
+        # asset reads its settings first), rather than as a resource-initialization error.
+        return None
+    if deployment == "local":
+        return None
+    from fruits_assets.emr_launcher import FruitsEmrStepLauncher
 
-    region_name: str = DEFAULT_REGION
-    endpoint_url: str | None = None
-    kms_key_id: str | None = None
-
-    def get(self) -> Storage:
-        return Storage(
-            region_name=self.region_name,
-            endpoint_url=self.endpoint_url or None,
-            kms_key_id=self.kms_key_id or None,
-        )
+    return FruitsEmrStepLauncher(settings)
 
 
-def local_resources(output_root: str | None = None, master: str = "local[*]") -> dict:
-    pyspark = PySparkResource(spark_config=local_spark_config(master))
+def fruits_resources(settings: FruitsSettings | None = None) -> dict:
+    """The resources, all reading `settings` (by default: the run's, from its config and env)."""
+    settings = settings if settings is not None else FruitsSettings.configure_at_launch()
+    spark = SparkResource(settings=settings)
     return {
-        "pyspark": pyspark,
-        "pyspark_step_launcher": dg.ResourceDefinition.none_resource(),
-        "io_manager": LocalFruitsIOManager(base_dir=output_root or default_output_root(), pyspark=pyspark),
-        "storage": StorageResource(),
+        "settings": settings,
+        "pyspark": spark,
+        "pyspark_step_launcher": step_launcher,
+        "io_manager": FruitsIOManager(settings=settings, pyspark=spark),
     }
-
-
-def emr_resources() -> dict:
-    """EMR: the step launcher runs each asset on the cluster; assets live on S3.
-
-    Required settings are `EnvVar`s (resolved when a run starts, so the code location loads
-    without them); optional ones are read here with their defaults.
-    """
-    from fruits_assets.emr_launcher import emr_step_launcher
-
-    region = validate_region(env("FRUITS_AWS_REGION", DEFAULT_REGION), allow_other_region())
-    endpoint_url = env("FRUITS_S3_ENDPOINT_URL", "") or None
-    kms_key_id = env("FRUITS_KMS_KEY_ID", "") or None
-    pyspark = PySparkResource(spark_config=cluster_spark_config())
-    return {
-        "pyspark": pyspark,
-        "pyspark_step_launcher": emr_step_launcher(region),
-        "io_manager": S3FruitsIOManager(
-            bucket=dg.EnvVar("FRUITS_S3_BUCKET"),
-            prefix=env("FRUITS_S3_PREFIX", "fruits"),
-            region_name=region,
-            endpoint_url=endpoint_url,
-            kms_key_id=kms_key_id,
-            pyspark=pyspark,
-        ),
-        "storage": StorageResource(region_name=region, endpoint_url=endpoint_url, kms_key_id=kms_key_id),
-    }
-
-
-def resources_by_deployment(name: str | None = None) -> dict:
-    name = name or deployment_name()
-    return {"local": local_resources, "emr": emr_resources}[name]()

@@ -91,3 +91,23 @@ def generate_sample(root: str | Path, train_per_class: int = 8, test_per_class: 
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(expected)
     return root
+
+
+def sample_images(root_uri: str, storage) -> str:
+    """The sample at `root_uri` (a folder, or s3:// for the emr deployment: generated here, then
+    uploaded once, so the cluster's executors read it like any other images root)."""
+    from fruits_assets.storage import is_s3, join
+
+    if not is_s3(root_uri):
+        return str(generate_sample(root_uri))
+    marker = f"{root_uri.rstrip('/')}.complete"
+    if storage.exists(marker):
+        return root_uri
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = generate_sample(Path(tmp) / "images")
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            storage.upload_file(str(path), join(root_uri, *path.relative_to(local).parts))
+        storage.write_bytes(marker, (local.parent / "images.complete").read_bytes())
+    return root_uri

@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import os
-import sys
 from collections.abc import Iterator
 
 import pandas as pd
@@ -18,80 +16,23 @@ import pandas as pd
 from fruits_assets.featurize import Weights, cached_model, featurize_batch
 from fruits_assets.images import ImageRejected, array_to_bytes, bytes_to_batch, decode_image
 from fruits_assets.listing import ListedFile
-from fruits_assets.settings import FruitsConfigError, default_int
-
-# Rows per Arrow batch handed to a Python worker: bounds worker memory (224 px uint8 images are
-# 150 KB each, so 10,000 rows, Spark's default, would be 1.5 GB per batch).
-ARROW_BATCH_ROWS = default_int("FRUITS_ARROW_BATCH_ROWS", 256)
-# Partitions of ~this many rows, and a multiple of the task slots so no core idles at the end.
-# Small partitions are cheap (a worker keeps its model across tasks) and let a fast core take
-# more of them when another is slowed down (a busy neighbour on the machine or node).
-ROWS_PER_PARTITION = default_int("FRUITS_ROWS_PER_PARTITION", 250)
-
-
-def local_spark_config(master: str = "local[*]") -> dict:
-    """The Spark settings of a local run (the `pyspark` resource of the local deployment)."""
-    # PySpark starts its Python workers with $PYSPARK_PYTHON (default: `python3` on the PATH,
-    # which may lack TensorFlow); the spark.pyspark.python setting alone is not read in local mode.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return {
-        "spark.master": master,
-        "spark.app.name": "fruits",
-        # Spark's Python workers must be this interpreter (the one with TensorFlow installed).
-        "spark.pyspark.python": sys.executable,
-        "spark.pyspark.driver.python": sys.executable,
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH_ROWS),
-        "spark.python.worker.reuse": "true",  # keeps each worker's model across tasks
-        "spark.sql.shuffle.partitions": "8",
-        "spark.driver.memory": "4g",
-        "spark.ui.showConsoleProgress": "false",
-        "spark.sql.session.timeZone": "UTC",
-    }
-
-
-def cluster_spark_config() -> dict:
-    """The same tuning on a cluster (EMR sets master and Python itself)."""
-    keep = (
-        "spark.sql.execution.arrow.pyspark.enabled",
-        "spark.sql.execution.arrow.maxRecordsPerBatch",
-        "spark.python.worker.reuse",
-    )
-    return {k: v for k, v in local_spark_config().items() if k in keep}
-
-
-@contextlib.contextmanager
-def spark_filesystem_errors(path: str):
-    """Turn a missing Hadoop S3 connector into one clear error instead of a Py4J stack trace."""
-    try:
-        yield
-    except Exception as error:
-        text = str(error)
-        if "No FileSystem for scheme" in text or "UnsupportedFileSystemException" in text:
-            scheme = path.split("://", 1)[0]
-            raise FruitsConfigError(
-                f"This Spark cannot read or write {scheme}:// paths ({path}): pyspark from PyPI has "
-                "no Hadoop S3 connector. Run on EMR (FRUITS_DEPLOYMENT=emr, EMRFS handles s3://), "
-                "use a local FRUITS_OUTPUT_ROOT, or add the connector with spark.jars.packages="
-                "org.apache.hadoop:hadoop-aws:<your Hadoop version> and use s3a:// paths."
-            ) from None
-        raise
-
 
 def task_slots(spark) -> int:
     """How many Spark tasks run at once."""
     return max(1, spark.sparkContext.defaultParallelism // int(spark.conf.get("spark.task.cpus", "1")))
 
 
-def partitions_for(rows: int, spark) -> int:
-    """Enough partitions for ~ROWS_PER_PARTITION rows each, rounded up to a multiple of the task
-    slots: 3 equal partitions on 2 slots take 2 rounds, i.e. as long as 4."""
+def partitions_for(rows: int, spark, rows_per_partition: int) -> int:
+    """Enough partitions for ~rows_per_partition rows each, rounded up to a multiple of the task
+    slots: 3 equal partitions on 2 slots take 2 rounds, i.e. as long as 4. Small partitions are
+    cheap (a worker keeps its model across tasks) and let a fast core take more of them when
+    another is slowed down (a busy neighbour on the machine or node)."""
     slots = task_slots(spark)
-    wanted = max(slots, math.ceil(rows / ROWS_PER_PARTITION))
+    wanted = max(slots, math.ceil(rows / rows_per_partition))
     return max(1, min(math.ceil(wanted / slots) * slots, max(rows, 1)))
 
 
-def balanced_for_featurization(images, rows: int, spark):
+def balanced_for_featurization(images, rows: int, spark, rows_per_partition: int):
     """`images` as they are when their partitions already keep every task slot busy (a Parquet
     read gives byte-balanced splits), else repartitioned: a shuffle moves every image's bytes
     through the JVM once more, measured at ~10% of the Spark path's CPU at 224 px."""
@@ -99,14 +40,14 @@ def balanced_for_featurization(images, rows: int, spark):
     partitions = images.rdd.getNumPartitions()
     if partitions % slots == 0 or partitions >= 4 * slots:
         return images
-    return images.repartition(partitions_for(rows, spark))
+    return images.repartition(partitions_for(rows, spark, rows_per_partition))
 
 
 # -- raw_images --------------------------------------------------------------------------------
 RAW_SCHEMA = "path string, split string, label string, reason string, size long, content binary"
 
 
-def raw_images_frame(spark, listed: list[ListedFile], storage):
+def raw_images_frame(spark, listed: list[ListedFile], storage, rows_per_partition: int):
     """Listed files -> DataFrame with each file's bytes, read by the executors (not the driver)."""
     listing = pd.DataFrame(
         {
@@ -117,7 +58,7 @@ def raw_images_frame(spark, listed: list[ListedFile], storage):
         }
     )
     frame = spark.createDataFrame(listing, "path string, split string, label string, reason string")
-    frame = frame.repartition(partitions_for(len(listed), spark))
+    frame = frame.repartition(partitions_for(len(listed), spark, rows_per_partition))
 
     def read(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:

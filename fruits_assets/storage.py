@@ -15,14 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fruits_assets.settings import DEFAULT_REGION, FruitsConfigError
-
-
-class StorageUnreachableError(ConnectionError):
-    """S3 cannot be reached (endpoint down, wrong or unroutable).
-
-    Not a FruitsConfigError: an outage is often transient, so the step's RetryPolicy retries it.
-    """
+from fruits_assets.errors import FruitsConfigError, StorageUnreachableError
+from fruits_assets.settings import EU_REGION
 
 
 def is_s3(uri: str) -> bool:
@@ -52,7 +46,7 @@ class Storage:
     when `kms_key_id` is set.
     """
 
-    region_name: str = DEFAULT_REGION
+    region_name: str = EU_REGION
     endpoint_url: str | None = None
     kms_key_id: str | None = None
     _client: object = field(default=None, repr=False, compare=False)
@@ -128,9 +122,8 @@ class Storage:
             except EndpointConnectionError as error:  # the first S3 call of a run: say what to check
                 raise StorageUnreachableError(
                     f"Cannot reach S3 at {self.client.meta.endpoint_url} to read {root!r}: {error}. "
-                    "Check the endpoint (the `storage` resource's endpoint_url, "
-                    "FRUITS_S3_ENDPOINT_URL or AWS_ENDPOINT_URL) and the network; the step retries "
-                    "(FRUITS_MAX_RETRIES times) in case the outage is transient."
+                    "Check the endpoint (FRUITS_S3_ENDPOINT_URL or AWS_ENDPOINT_URL) and the "
+                    "network; the step retries in case the outage is transient."
                 ) from error
             return answer.get("KeyCount", 0) > 0
         return Path(root).is_dir()

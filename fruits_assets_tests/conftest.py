@@ -2,7 +2,7 @@
 real S3 API server (moto's server mode) on loopback."""
 
 import os
-import socket
+import sys
 import uuid
 from pathlib import Path
 
@@ -20,6 +20,8 @@ for _name, _value in {
 os.environ.pop("AWS_PROFILE", None)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from fruits_assets_tests.helpers import TEST_MASTER, free_port  # noqa: E402  (after the credentials)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
 SHARED_WEIGHTS = SHARED / "models" / "mobilenet_v2_1.0_backbone.weights.h5"
@@ -31,12 +33,14 @@ def spark():
     """One real local Spark session (2 cores) for the whole suite."""
     from pyspark.sql import SparkSession
 
-    from fruits_assets.spark_jobs import local_spark_config
+    from fruits_assets.settings import FruitsSettings
+    from fruits_assets.spark import local_config, python_for_workers
 
     builder = SparkSession.builder
-    for key, value in local_spark_config("local[2]").items():
+    for key, value in local_config(FruitsSettings(spark_master=TEST_MASTER).resolve({})).items():
         builder = builder.config(key, value)
-    session = builder.config("spark.ui.enabled", "false").getOrCreate()
+    with python_for_workers(sys.executable):
+        session = builder.config("spark.ui.enabled", "false").getOrCreate()
     yield session
     session.stop()
 
@@ -61,12 +65,6 @@ def shared_sample() -> Path:
     if not (SHARED_SAMPLE / "Training").is_dir():
         pytest.skip(f"real Fruits-360 sample not found at {SHARED_SAMPLE} (../shared absent)")
     return SHARED_SAMPLE
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

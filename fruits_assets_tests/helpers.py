@@ -1,4 +1,7 @@
-"""Helpers shared by the asset tests: running the graph and the plain-Keras reference."""
+"""Helpers shared by the tests: run configs, running the graph, loading what it stored, the
+plain-Keras reference, and reading a run's results."""
+
+import socket
 
 import dagster as dg
 import numpy as np
@@ -6,32 +9,68 @@ import numpy as np
 from fruits_assets import assets, checks
 from fruits_assets.featurize import load_model, resolve_weights
 from fruits_assets.images import decode_image
-from fruits_assets.resources import local_resources
+from fruits_assets.io_managers import FruitsIOManager
+from fruits_assets.resources import fruits_resources
+from fruits_assets.settings import FruitsSettings
+from fruits_assets.spark import SparkResource
 from fruits_assets.storage import Storage
 
 ALL_ASSETS = [*dg.load_assets_from_modules([assets]), *dg.load_asset_checks_from_modules([checks])]
+TEST_MASTER = "local[2]"
 
 
-def run_config(images_root, weights="random", image_size=96, **extra_ops) -> dict:
-    ops = {
-        "raw_images": {"config": {"images_root": str(images_root)}},
-        "preprocessed_images": {"config": {"image_size": image_size}},
-        "image_features": {"config": {"weights": str(weights)}},
-    }
-    for name, config in extra_ops.items():
-        ops.setdefault(name, {"config": {}})["config"].update(config)
-    return {"ops": ops}
+def settings_config(**values) -> dict:
+    """A run config that sets these settings (what `resources: settings: config:` does in the UI)."""
+    return {"resources": {"settings": {"config": values}}}
 
 
-def materialize(output_root, config: dict, selection=None, raise_on_error=True, instance=None):
+def run_config(images_root, weights="random", image_size=96, raw_images: dict | None = None, **settings) -> dict:
+    config = settings_config(
+        images_root=str(images_root), model_weights=str(weights), image_size=image_size, **settings
+    )
+    if raw_images:
+        config["ops"] = {"raw_images": {"config": raw_images}}
+    return config
+
+
+def with_output(config: dict, output_root) -> dict:
+    """`config` plus the test's output folder and Spark master (local deployment)."""
+    settings = {"deployment": "local", "output_root": str(output_root), "spark_master": TEST_MASTER}
+    settings.update(config.get("resources", {}).get("settings", {}).get("config", {}))
+    return {**config, "resources": {"settings": {"config": settings}}}
+
+
+def materialize(output_root, config: dict, selection=None, raise_on_error=True, instance=None, assets=None):
+    """The assets (default: all of them, and their checks) on local Spark, stored under
+    `output_root`, with the code location's own resources."""
     return dg.materialize(
-        ALL_ASSETS,
-        resources=local_resources(str(output_root), "local[2]"),
-        run_config=config,
+        assets or ALL_ASSETS,
+        resources=fruits_resources(),
+        run_config=with_output(config, output_root),
         selection=selection,
         raise_on_error=raise_on_error,
         instance=instance,
     )
+
+
+def io_manager(output_root=None, **settings) -> FruitsIOManager:
+    """The IO manager of a local deployment storing under `output_root` (or of `settings`)."""
+    if output_root is not None:
+        settings = {"deployment": "local", "output_root": str(output_root), "spark_master": TEST_MASTER, **settings}
+    fruits_settings = FruitsSettings(**settings)
+    return FruitsIOManager(settings=fruits_settings, pyspark=SparkResource(settings=fruits_settings))
+
+
+def load(output_root, asset_name: str):
+    """The current stored value of an asset, as a downstream asset would get it."""
+    manager = io_manager(output_root)
+    return manager.load_manifest(manager.current(dg.AssetKey(asset_name)))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def plain_keras_features(paths, weights_spec: str, image_size: int) -> np.ndarray:

@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 
 from fruits_assets.assets import (
-    FeaturesConfig,
     PcaConfig,
-    PreprocessConfig,
     RawImagesConfig,
     image_features,
     pca_features_csv,
@@ -16,26 +14,39 @@ from fruits_assets.assets import (
     raw_images,
 )
 from fruits_assets.io_managers import CsvTable
-from fruits_assets.resources import local_resources
-from fruits_assets.settings import FEATURE_DIM
+from fruits_assets.resources import fruits_resources
+from fruits_assets.settings import FEATURE_DIM, FruitsSettings
+from fruits_assets_tests.helpers import TEST_MASTER
+
+
+def asset_context(**settings):
+    resources = fruits_resources(FruitsSettings(spark_master=TEST_MASTER, **settings))
+    resources.pop("io_manager")  # direct invocation: outputs come back as values
+    return dg.build_asset_context(resources=resources)
 
 
 @pytest.fixture(scope="module")
-def context(spark, tmp_path_factory):
-    resources = local_resources(str(tmp_path_factory.mktemp("out")), "local[2]")
-    resources.pop("io_manager")  # direct invocation: outputs come back as values
-    with dg.build_asset_context(resources=resources) as ctx:
+def context(spark, tmp_path_factory, sample_root):
+    with asset_context(
+        output_root=str(tmp_path_factory.mktemp("out")),
+        images_root=str(sample_root),
+        limit_per_class=2,
+        image_size=96,
+        model_weights="random",
+        pca_variance=0.9,
+        pca_max_k=20,
+    ) as ctx:
         yield ctx
 
 
 @pytest.fixture(scope="module")
-def stages(context, sample_root):
+def stages(context):
     """Run the stages one after another, as the graph would, keeping every output."""
-    [raw] = raw_images(context, RawImagesConfig(images_root=str(sample_root), limit_per_class=2))
-    outputs = {o.output_name: o for o in preprocessed_images(context, PreprocessConfig(image_size=96), raw.value)}
-    features = image_features(context, FeaturesConfig(weights="random"), outputs["preprocessed_images"].value)
+    [raw] = raw_images(context, RawImagesConfig())
+    outputs = {o.output_name: o for o in preprocessed_images(context, raw.value)}
+    features = image_features(context, outputs["preprocessed_images"].value)
     features_frame = features.value.cache()
-    model = pca_model(context, PcaConfig(variance_target=0.9, max_k=20), features_frame)
+    model = pca_model(context, PcaConfig(), features_frame)
     csv = pca_features_csv(context, features_frame, model.value)
     return {"raw": raw, **outputs, "features": features, "features_frame": features_frame, "pca": model, "csv": csv}
 
@@ -80,14 +91,17 @@ def test_pca_features_csv_projects_every_row(stages):
     assert len(rows) == 32 and all(len(r.pcs) == table.k for r in rows)
 
 
-def test_bad_settings_fail_with_one_clear_message(context, stages, sample_root, tmp_path):
-    with pytest.raises(dg.Failure, match="does not exist or is empty"):
-        list(raw_images(context, RawImagesConfig(images_root=str(tmp_path / "missing"))))
-    with pytest.raises(dg.Failure, match="not supported"):
-        list(preprocessed_images(context, PreprocessConfig(image_size=100), stages["raw"].value))
-    with pytest.raises(dg.Failure, match="variance target"):
-        pca_model(context, PcaConfig(variance_target=1.5), stages["features_frame"])
-    with pytest.raises(dg.Failure, match="max k"):
-        pca_model(context, PcaConfig(max_k=0), stages["features_frame"])
+def test_bad_settings_fail_with_one_clear_message(context, stages, tmp_path):
+    with asset_context(output_root=str(tmp_path), images_root=str(tmp_path / "missing")) as bad:
+        with pytest.raises(dg.Failure, match="does not exist or is empty"):
+            list(raw_images(bad, RawImagesConfig()))
+    for settings, message in (
+        ({"image_size": 100}, "not supported"),
+        ({"pca_variance": 1.5}, "variance target"),
+        ({"pca_max_k": 0}, "max k"),
+    ):
+        with asset_context(output_root=str(tmp_path), **settings) as bad:
+            with pytest.raises(dg.Failure, match=message):
+                pca_model(bad, PcaConfig(), stages["features_frame"])
     with pytest.raises(dg.Failure, match="No valid image in the 'Training' split"):
         pca_model(context, PcaConfig(), stages["features_frame"].where("split = 'Test'"))

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruits_assets_tests.helpers import check_results, materialize, metadata_of
+from fruits_assets_tests.helpers import check_results, load, materialize, metadata_of, run_config
 
-from fruits_assets.io_managers import LocalFruitsIOManager
 
 
 def jpeg(mode="RGB", size=(100, 100), colour=(200, 40, 40), fmt="JPEG") -> bytes:
@@ -72,22 +71,10 @@ def dirty_run(spark, tmp_path_factory):
     # Listed, but cannot be read (a dangling link: root can read any permission-protected file).
     (root / UNREADABLE).symlink_to(root / "nowhere.jpg")
     out = tmp_path_factory.mktemp("out")
-    config = {
-        "ops": {
-            "raw_images": {"config": {"images_root": str(root)}},
-            "preprocessed_images": {"config": {"image_size": 96}},
-        }
-    }
+    config = run_config(root, image_size=96)
     selection = dg.AssetSelection.assets("raw_images", "preprocessed_images", "rejected_images")
     result = materialize(out, config, selection=selection | selection.checks_for_assets())
     return root, out, result
-
-
-def load(out, asset):
-    from dagster_pyspark import PySparkResource
-
-    manager = LocalFruitsIOManager(base_dir=str(out), pyspark=PySparkResource(spark_config={}))
-    return manager.load_manifest(manager.current(dg.AssetKey(asset)))
 
 
 def test_every_bad_file_is_quarantined_with_its_reason(dirty_run):
@@ -128,7 +115,7 @@ def test_a_fatal_configuration_error_is_the_headline_not_a_stack_trace(spark, tm
     (empty / "Training").mkdir(parents=True)
     result = materialize(
         tmp_path / "out",
-        {"ops": {"raw_images": {"config": {"images_root": str(empty)}}}},
+        run_config(empty),
         selection=["raw_images"],
         raise_on_error=False,
     )

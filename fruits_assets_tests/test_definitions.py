@@ -8,8 +8,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from fruits_assets.resources import resources_by_deployment
-from fruits_assets.settings import FruitsConfigError, deployment_name
+from fruits_assets.errors import FruitsConfigError
+from fruits_assets.resources import fruits_resources
+from fruits_assets.settings import FruitsSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,19 +30,74 @@ def test_local_definitions_are_loadable_and_hold_the_asset_graph():
     assert defs.resolve_job_def("fruits_pipeline") is not None
 
 
-@pytest.mark.parametrize("name", ["local", "emr"])
-def test_every_deployment_builds_the_same_resource_keys(name):
-    from fruits_assets.definitions import all_assets
+EMR_SETTINGS = {
+    "deployment": "emr",
+    "s3_bucket": "fruits-unit",
+    "s3_prefix": "team/fruits",
+    "emr_cluster_id": "j-UNITTEST",
+}
 
-    resources = resources_by_deployment(name)
-    assert set(resources) == set(resources_by_deployment("local"))
-    dg.Definitions.validate_loadable(dg.Definitions(assets=all_assets, resources=resources))
+
+def initialized(settings: dict) -> dict:
+    """The code location's resources, initialized for a run with these settings."""
+    resources = fruits_resources(FruitsSettings(**settings))
+    with dg.build_resources(resources) as built:
+        return {key: getattr(built, key) for key in resources}
+
+
+def test_local_deployment_runs_here_and_stores_in_a_folder(tmp_path):
+    built = initialized({"deployment": "local", "output_root": str(tmp_path)})
+    assert built["pyspark_step_launcher"] is None
+    assert built["io_manager"].base_uri() == str(tmp_path)
+    assert not built["pyspark"].started, "the session starts on first use, not with the run"
+
+
+def test_emr_deployment_launches_steps_and_stores_on_s3():
+    from fruits_assets.emr_launcher import FruitsEmrStepLauncher
+
+    built = initialized(EMR_SETTINGS)
+    launcher = built["pyspark_step_launcher"]
+    assert isinstance(launcher, FruitsEmrStepLauncher)
+    assert (launcher.cluster_id, launcher.staging_bucket, launcher.region_name) == ("j-UNITTEST", "fruits-unit", "eu-west-1")
+    assert launcher.staging_prefix == "team/fruits/emr-staging"
+    assert built["io_manager"].base_uri() == "s3://fruits-unit/team/fruits"
+    # The host only launches steps: no Spark session (nor Java) is started for them.
+    assert not built["pyspark"].started
+    # What every step on the cluster gets as its settings: all explicit, nothing left to its env.
+    config = launcher.settings_config["config"]
+    assert set(config) == set(FruitsSettings.model_fields)
+    assert config["deployment"] == "emr" and config["s3_prefix"] == "team/fruits"
+    assert all(value is not None for value in config.values())
+
+
+def test_emr_refuses_a_non_eu_region_unless_allowed():
+    settings = FruitsSettings(**EMR_SETTINGS, aws_region="us-east-1")
+    with pytest.raises(FruitsConfigError, match="us-east-1.*refused.*FRUITS_ALLOW_NON_EU_REGION"):
+        settings.resolve({})
+    allowed = FruitsSettings(**EMR_SETTINGS, aws_region="us-east-1", allow_non_eu_region=True).resolve({})
+    assert allowed.aws_region == "us-east-1"
+
+
+def test_emr_needs_its_bucket_and_cluster():
+    with pytest.raises(FruitsConfigError, match="FRUITS_S3_BUCKET and FRUITS_EMR_CLUSTER_ID"):
+        FruitsSettings(deployment="emr").resolve({})
+
+
+def test_settings_come_from_the_environment_when_the_run_starts(monkeypatch):
+    monkeypatch.setenv("FRUITS_IMAGE_SIZE", "128")
+    monkeypatch.setenv("FRUITS_EMR_WAIT_FOR_LOGS", "no")
+    settings = FruitsSettings().resolved()
+    assert settings.image_size == 128 and settings.emr_wait_for_logs is False
+    assert FruitsSettings(image_size=96).resolved().image_size == 96, "the run config wins"
+    monkeypatch.setenv("FRUITS_IMAGE_SIZE", "huge")
+    with pytest.raises(FruitsConfigError, match="FRUITS_IMAGE_SIZE='huge' is not a valid int"):
+        FruitsSettings().resolved()
 
 
 def test_unknown_deployment_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("FRUITS_DEPLOYMENT", "kubernetes")
     with pytest.raises(FruitsConfigError, match="FRUITS_DEPLOYMENT='kubernetes' is unknown"):
-        deployment_name()
+        FruitsSettings().resolved()
 
 
 def test_workspace_yaml_loads_with_the_dagster_cli(tmp_path):

@@ -17,8 +17,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from fruits_assets import emr_cli
-from fruits_assets.settings import FruitsConfigError
+from emr_resources import cli as emr_cli
+from fruits_assets.errors import FruitsConfigError
 
 RESOURCES = Path(__file__).resolve().parents[1] / "emr_resources"
 KMS_KEY = "1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -187,21 +187,13 @@ def test_staging_prefix_must_be_inside_the_prefix(moto_server, s3_bucket, cli_en
 
 
 def test_launcher_stages_under_the_prefix_by_default(monkeypatch):
-    from fruits_assets import emr_launcher
+    from fruits_assets.emr_launcher import FruitsEmrStepLauncher
+    from fruits_assets.settings import FruitsSettings
 
-    captured = {}
-    real = emr_launcher.emr_pyspark_step_launcher
-
-    class Capture:
-        def configured(self, config):
-            captured.update(config)
-            return real.configured(config)
-
-    monkeypatch.setattr(emr_launcher, "emr_pyspark_step_launcher", Capture())
     monkeypatch.delenv("FRUITS_EMR_STAGING_PREFIX", raising=False)
     monkeypatch.setenv("FRUITS_S3_PREFIX", "team-a")
-    emr_launcher.emr_step_launcher("eu-west-1")
-    assert captured["staging_prefix"] == "team-a/emr-staging"
+    settings = FruitsSettings(deployment="emr", s3_bucket="b", emr_cluster_id="j-X")
+    assert FruitsEmrStepLauncher(settings).staging_prefix == "team-a/emr-staging"
     values = emr_cli.placeholder_values("b", "team-a", "eu-west-1")
     assert values["STAGING_PREFIX"] == "team-a/emr-staging"
 

@@ -3,8 +3,8 @@ output, a Spark without an S3 connector, and secrets that must never be committe
 
 What is REAL here: a local Spark session (2 cores), Dagster runs (`dg.materialize`, in-process
 executor) with the project's own assets, IO manager and `RetryPolicy`, and an S3 API server
-(moto's `ThreadedMotoServer`, server mode) on 127.0.0.1 reached over HTTP by boto3 through
-`StorageResource(endpoint_url=...)`. "S3 is down" is real too: nothing listens on the port, so
+(moto's `ThreadedMotoServer`, server mode) on 127.0.0.1 reached over HTTP by boto3 through the
+`s3_endpoint_url` setting. "S3 is down" is real too: nothing listens on the port, so
 boto3 gets a real connection refusal. There is no in-process mock of boto3.
 
 What is SIMULATED, and how:
@@ -12,16 +12,13 @@ What is SIMULATED, and how:
   failed attempt (a STEP_UP_FOR_RETRY event). It does so synchronously, from the run's own event
   stream (a wrapper around `instance.handle_new_event` of the test's ephemeral instance), so the
   server is up before the retry's delay even starts: no sleep, no race with the retry's jitter.
-- Retry delays: `S3_RETRY` reads FRUITS_RETRY_DELAY_SECONDS when `fruits_assets.assets` is
-  imported (production default 5 s, exponential, +/- jitter: up to ~30 s for two retries). The
-  tests load a second copy of that module with FRUITS_RETRY_DELAY_SECONDS=1, exactly as a code
-  location started with that variable would, so the production default is untouched.
+- Nothing about retries: the production `RetryPolicy` (2 retries, 5 s exponential backoff with
+  jitter) runs as it is, so these tests wait for its delays (~5-20 s).
 - A failure while the IO manager commits: `Storage.write_bytes` raises when it writes
   `_CURRENT.json` (Spark's Parquet write before it is real).
 - The secret scan's ability to fail is shown on a temporary file holding a fake key.
 """
 
-import importlib.util
 import json
 import re
 import secrets
@@ -34,34 +31,18 @@ import dagster as dg
 import pytest
 from moto.server import ThreadedMotoServer
 
-from fruits_assets import assets
-from fruits_assets.io_managers import MANIFEST, LocalFruitsIOManager, S3FruitsIOManager
-from fruits_assets.resources import StorageResource, local_resources
+from fruits_assets.assets import raw_images
+from fruits_assets.errors import FruitsConfigError, spark_filesystem_errors
+from fruits_assets.io_managers import MANIFEST
 from fruits_assets.sample_data import generate_sample
-from fruits_assets.settings import FruitsConfigError
-from fruits_assets.spark_jobs import spark_filesystem_errors
 from fruits_assets.storage import Storage
-from fruits_assets_tests.conftest import PROJECT_ROOT, free_port
+from fruits_assets_tests.conftest import PROJECT_ROOT
+from fruits_assets_tests.helpers import free_port, io_manager, materialize, run_config
 
 REGION = "eu-west-1"
-RETRY_DELAY_SECONDS = "1"
 
 
 # -- helpers ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def fast_retry_assets():
-    """`fruits_assets.assets` loaded again with FRUITS_RETRY_DELAY_SECONDS=1 (see the docstring)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FRUITS_RETRY_DELAY_SECONDS", RETRY_DELAY_SECONDS)
-        patch.delenv("FRUITS_MAX_RETRIES", raising=False)
-        spec = importlib.util.spec_from_file_location("fruits_assets_fast_retry", assets.__file__)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    assert module.S3_RETRY.delay == float(RETRY_DELAY_SECONDS)
-    assert module.S3_RETRY.max_retries == assets.S3_RETRY.max_retries == 2  # the production count
-    return module
-
-
 @pytest.fixture(scope="module")
 def s3_images(tmp_path_factory) -> tuple[Path, int]:
     """A few synthetic images in the Fruits-360 layout, to upload: 8 classes x (2 + 1)."""
@@ -100,14 +81,9 @@ def on_event(instance: dg.DagsterInstance, event_type: dg.DagsterEventType, acti
     return seen
 
 
-def s3_resources(output_root: Path, port: int) -> dict:
-    resources = local_resources(str(output_root), "local[2]")
-    resources["storage"] = StorageResource(region_name=REGION, endpoint_url=f"http://127.0.0.1:{port}")
-    return resources
-
-
-def raw_images_config(images_root: str, limit_per_class: int = 0) -> dict:
-    return {"ops": {"raw_images": {"config": {"images_root": images_root, "limit_per_class": limit_per_class}}}}
+def s3_images_config(images_root: str, port: int, **settings) -> dict:
+    """Images on the S3 server at `port` (any other port: an S3 that is down)."""
+    return run_config(images_root, s3_endpoint_url=f"http://127.0.0.1:{port}", **settings)
 
 
 def events_of(result, event_type: dg.DagsterEventType) -> list:
@@ -123,13 +99,14 @@ def error_chain(error) -> list[str]:
     return messages
 
 
-def load_current(io_manager: LocalFruitsIOManager, asset: str):
-    manifest = io_manager.current(dg.AssetKey(asset))
-    return manifest, io_manager.load_manifest(manifest)
+def load_current(output_root: Path, asset: str):
+    manager = io_manager(output_root)
+    manifest = manager.current(dg.AssetKey(asset))
+    return manifest, manager.load_manifest(manifest)
 
 
 # -- 1. S3 down at the first attempt, up before the retry ----------------------------------------
-def test_step_retries_until_s3_is_back(spark, tmp_path, fast_retry_assets, s3_images):
+def test_step_retries_until_s3_is_back(spark, tmp_path, s3_images):
     """The S3 outage fails the first attempt; the RetryPolicy's retry reads every image."""
     images, files = s3_images
     port, bucket = free_port(), "fruits-retry"
@@ -140,13 +117,9 @@ def test_step_retries_until_s3_is_back(spark, tmp_path, fast_retry_assets, s3_im
         dg.DagsterEventType.STEP_UP_FOR_RETRY,
         lambda: servers.append(start_s3(port, bucket, images)),
     )
-    resources = s3_resources(tmp_path / "out", port)
     try:
-        result = dg.materialize(
-            [fast_retry_assets.raw_images],
-            resources=resources,
-            run_config=raw_images_config(f"s3://{bucket}/images"),
-            instance=instance,
+        result = materialize(
+            tmp_path / "out", s3_images_config(f"s3://{bucket}/images", port), assets=[raw_images], instance=instance
         )
     finally:
         for server in servers:
@@ -162,7 +135,7 @@ def test_step_retries_until_s3_is_back(spark, tmp_path, fast_retry_assets, s3_im
     assert f"127.0.0.1:{port}" in "\n".join(error_chain(up_for_retry.event_specific_data.error))
 
     # What the run stored (the in-memory frame is lazy: it would re-read S3, now stopped).
-    manifest, stored = load_current(resources["io_manager"], "raw_images")
+    manifest, stored = load_current(tmp_path / "out", "raw_images")
     assert manifest["run_id"] == result.run_id
     rows = stored.collect()
     assert len(rows) == files == 24
@@ -172,17 +145,17 @@ def test_step_retries_until_s3_is_back(spark, tmp_path, fast_retry_assets, s3_im
 
 
 # -- 2. S3 unavailable throughout -------------------------------------------------------------------
-def test_unreachable_s3_fails_naming_the_endpoint(spark, tmp_path, fast_retry_assets, monkeypatch):
+def test_unreachable_s3_fails_naming_the_endpoint(spark, tmp_path, monkeypatch):
     """Retries run out; the failure names the endpoint, and no credential reaches the run's logs."""
     # A distinctive fake secret: if botocore or our errors ever logged it, the last assert sees it.
     fake_secret = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(40))
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", fake_secret)
     port = free_port()  # nothing ever listens here
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(
-        [fast_retry_assets.raw_images],
-        resources=s3_resources(tmp_path / "out", port),
-        run_config=raw_images_config("s3://fruits-down/images"),
+    result = materialize(
+        tmp_path / "out",
+        s3_images_config("s3://fruits-down/images", port),
+        assets=[raw_images],
         instance=instance,
         raise_on_error=False,
     )
@@ -194,7 +167,7 @@ def test_unreachable_s3_fails_naming_the_endpoint(spark, tmp_path, fast_retry_as
     # Dagster's headline says the retries ran out; the first cause is ours, and says what to check.
     assert messages[0] == "Exceeded max_retries of 2"
     cause = messages[1]
-    assert cause.startswith("fruits_assets.storage.StorageUnreachableError")
+    assert cause.startswith("fruits_assets.errors.StorageUnreachableError")
     assert f"http://127.0.0.1:{port}" in cause
     assert "s3://fruits-down/images" in cause
 
@@ -207,16 +180,12 @@ def test_unreachable_s3_fails_naming_the_endpoint(spark, tmp_path, fast_retry_as
 
 
 # -- 3. a run that fails while committing leaves the previous materialization current -------------
-def test_failed_commit_keeps_previous_version_and_next_run_cleans_up(
-    spark, tmp_path, fast_retry_assets, sample_root, monkeypatch
-):
+def test_failed_commit_keeps_previous_version_and_next_run_cleans_up(spark, tmp_path, sample_root, monkeypatch):
     out = tmp_path / "out"
-    config = raw_images_config(str(sample_root), limit_per_class=2)
-    resources = local_resources(str(out), "local[2]")
-    io_manager = resources["io_manager"]
-    first = dg.materialize([fast_retry_assets.raw_images], resources=resources, run_config=config)
+    config = run_config(sample_root, limit_per_class=2)
+    first = materialize(out, config, assets=[raw_images])
     assert first.success
-    before, frame = load_current(io_manager, "raw_images")
+    before, frame = load_current(out, "raw_images")
     before_rows = sorted((r["path"], r["size"]) for r in frame.select("path", "size").collect())
     assert len(before_rows) == 8 * 2 * 2
 
@@ -229,9 +198,7 @@ def test_failed_commit_keeps_previous_version_and_next_run_cleans_up(
 
     with monkeypatch.context() as patch:
         patch.setattr(Storage, "write_bytes", failing_write_bytes)
-        second = dg.materialize(
-            [fast_retry_assets.raw_images], resources=resources, run_config=config, raise_on_error=False
-        )
+        second = materialize(out, config, assets=[raw_images], raise_on_error=False)
     assert not second.success
     [failure] = events_of(second, dg.DagsterEventType.STEP_FAILURE)
     assert "injected fault" in "\n".join(error_chain(failure.step_failure_data.error))
@@ -241,11 +208,11 @@ def test_failed_commit_keeps_previous_version_and_next_run_cleans_up(
     asset_dir = out / "raw_images"
     versions = sorted(p.name for p in asset_dir.glob("v-*"))
     assert before["version"] in versions and len(versions) >= 2
-    after, frame = load_current(io_manager, "raw_images")
+    after, frame = load_current(out, "raw_images")
     assert after == before
     assert sorted((r["path"], r["size"]) for r in frame.select("path", "size").collect()) == before_rows
 
-    third = dg.materialize([fast_retry_assets.raw_images], resources=resources, run_config=config)
+    third = materialize(out, config, assets=[raw_images])
     assert third.success
     latest = json.loads((asset_dir / MANIFEST).read_text())
     assert latest["run_id"] == third.run_id
@@ -333,7 +300,7 @@ def test_secret_scan_can_fail(tmp_path):
 # -- 5. Spark without an S3 connector ---------------------------------------------------------------
 def test_spark_s3_write_names_the_connector_fix(spark):
     frame = spark.createDataFrame([(1, "a")], "id int, name string")
-    with pytest.raises(FruitsConfigError, match=r"spark\.jars\.packages") as raised:
+    with pytest.raises(FruitsConfigError, match=r"S3 connector") as raised:
         with spark_filesystem_errors("s3://fruits-bucket/x"):
             frame.write.mode("overwrite").parquet("s3://fruits-bucket/x")
     message = str(raised.value)
@@ -342,25 +309,20 @@ def test_spark_s3_write_names_the_connector_fix(spark):
     assert raised.value.__suppress_context__  # no Java stack trace chained under it
 
 
-def test_materialize_to_s3_without_connector_fails_once_with_the_fix(
-    spark, tmp_path, fast_retry_assets, sample_root, s3_bucket, moto_server
-):
-    """The S3 IO manager on local Spark: one clear, non-retried failure naming the fix."""
-    resources = local_resources(str(tmp_path / "out"), "local[2]")
-    resources["io_manager"] = S3FruitsIOManager(
-        bucket=s3_bucket, region_name=REGION, endpoint_url=moto_server, pyspark=resources["pyspark"]
-    )
-    result = dg.materialize(
-        [fast_retry_assets.raw_images],
-        resources=resources,
-        run_config=raw_images_config(str(sample_root), limit_per_class=1),
+def test_materialize_to_s3_without_connector_fails_once_with_the_fix(spark, tmp_path, sample_root, s3_bucket, moto_server):
+    """Assets on s3:// with local Spark (FRUITS_OUTPUT_ROOT=s3://...): one clear, non-retried
+    failure naming the fix."""
+    result = materialize(
+        f"s3://{s3_bucket}/fruits",
+        run_config(sample_root, limit_per_class=1, s3_endpoint_url=moto_server),
+        assets=[raw_images],
         raise_on_error=False,
     )
     assert not result.success
     assert not events_of(result, dg.DagsterEventType.STEP_UP_FOR_RETRY)  # a config error: no retry
     [failure] = events_of(result, dg.DagsterEventType.STEP_FAILURE)
     [headline, *causes] = error_chain(failure.step_failure_data.error)
-    assert "spark.jars.packages" in headline
+    assert "S3 connector" in headline
     assert f"s3://{s3_bucket}/fruits/raw_images/v-" in headline
     assert not causes  # no Py4J / Java stack trace chained under it
     assert failure.step_failure_data.user_failure_data.description == headline.split(": ", 1)[1]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fruits_assets.featurize import featurize_batch, load_model, resolve_weights
-from fruits_assets.settings import FEATURE_DIM, FruitsConfigError
+from fruits_assets.errors import FruitsConfigError
+from fruits_assets.settings import FEATURE_DIM
 from fruits_assets.storage import Storage
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from fruits_assets.pca import PcaModel, choose_k, fit_pca
-from fruits_assets.settings import FruitsConfigError, validate_pca_settings
+from fruits_assets.errors import FruitsConfigError
+from fruits_assets.settings import validate_pca_settings
 
 
 def test_choose_k_is_the_smallest_k_reaching_the_target():

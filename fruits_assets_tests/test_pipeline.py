@@ -8,24 +8,15 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from fruits_assets.io_managers import LocalFruitsIOManager
 from fruits_assets.settings import FEATURE_DIM
 from fruits_assets_tests.helpers import (
     check_results,
+    load,
     materialize,
     metadata_of,
     plain_keras_features,
     run_config,
 )
-
-import dagster as dg
-
-
-def load(output_root, spark, asset_name):
-    from dagster_pyspark import PySparkResource
-
-    manager = LocalFruitsIOManager(base_dir=str(output_root), pyspark=PySparkResource(spark_config={}))
-    return manager.load_manifest(manager.current(dg.AssetKey(asset_name)))
 
 
 def read_csv(output_root):
@@ -48,7 +39,7 @@ def test_all_assets_materialize_on_the_synthetic_sample(spark, sample_root, tmp_
     assert len(rows) - 1 == images == metadata_of(result, "pca_features_csv")["csv_rows"]
     assert {r[2] for r in rows[1:]} == {"Training", "Test"}
     assert {r[1] for r in rows[1:]} == {p.name for p in (sample_root / "Training").iterdir()}
-    features = load(tmp_path, spark, "image_features")
+    features = load(tmp_path, "image_features")
     assert features.count() == images
     assert len(features.first()["features"]) == FEATURE_DIM
     checks = check_results(result)
@@ -66,11 +57,11 @@ def test_spark_features_equal_plain_keras_features(spark, shared_weights, sample
     """Same images, same weights, same decode: Spark's features match single-process Keras."""
     result = materialize(
         tmp_path,
-        run_config(sample_root, shared_weights, 224, raw_images={"limit_per_class": 1}),
+        run_config(sample_root, shared_weights, 224, limit_per_class=1),
         selection=["raw_images", "preprocessed_images", "rejected_images", "image_features"],
     )
     assert result.success
-    rows = load(tmp_path, spark, "image_features").orderBy("path").collect()
+    rows = load(tmp_path, "image_features").orderBy("path").collect()
     assert len(rows) == 16
     spark_features = np.array([r["features"] for r in rows], dtype=np.float32)
     reference = plain_keras_features([r["path"] for r in rows], str(shared_weights), 224)
@@ -98,11 +89,9 @@ def test_features_are_meaningful_on_real_photos(spark, shared_weights, shared_sa
 
 
 def test_rematerializing_replaces_the_previous_output(spark, sample_root, tmp_path):
-    config = {"ops": {"raw_images": {"config": {"images_root": str(sample_root), "limit_per_class": 1}}}}
-    assert materialize(tmp_path, config, selection=["raw_images"]).success
+    assert materialize(tmp_path, run_config(sample_root, limit_per_class=1), selection=["raw_images"]).success
     first = sorted(p.name for p in (tmp_path / "raw_images").iterdir())
-    config["ops"]["raw_images"]["config"]["limit_per_class"] = 2
-    assert materialize(tmp_path, config, selection=["raw_images"]).success
+    assert materialize(tmp_path, run_config(sample_root, limit_per_class=2), selection=["raw_images"]).success
     second = sorted(p.name for p in (tmp_path / "raw_images").iterdir())
     assert len(first) == len(second) == 2 and first != second, "one version, replaced"
-    assert load(tmp_path, spark, "raw_images").count() == 8 * 2 * 2
+    assert load(tmp_path, "raw_images").count() == 8 * 2 * 2

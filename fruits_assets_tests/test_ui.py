@@ -211,10 +211,10 @@ def test_materializing_from_the_ui_works(ui_script, webserver, daemon, dagster_h
             "jobName": "fruits_pipeline",
         },
         "runConfigData": {
-            "ops": {
-                "raw_images": {"config": {"images_root": "sample", "limit_per_class": 2}},
-                "preprocessed_images": {"config": {"image_size": 96}},
-                "image_features": {"config": {"weights": "random"}},
+            "resources": {
+                "settings": {
+                    "config": {"images_root": "sample", "limit_per_class": 2, "image_size": 96, "model_weights": "random"}
+                }
             }
         },
     }

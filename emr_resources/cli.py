@@ -1,7 +1,9 @@
 """`fruits-emr`: create, inspect, terminate and price the Fruits! EMR cluster (eu-west-1).
 
-Reads `emr_resources/` (cluster.yaml, security_configuration.json, bootstrap.sh, prices.json, iam/,
-s3_bucket_policy.json). Pure functions (`load_resources`, `fill_placeholders`,
+Reads this package's files (cluster.yaml, security_configuration.json, bootstrap.sh,
+requirements.txt, prices.json, iam/, s3_bucket_policy.json) as package data. Settings (bucket,
+prefix, region, KMS key, cluster id) come from the command line, else from the same FRUITS_*
+variables and defaults as the pipeline's (`fruits_assets.settings`). Pure functions (`load_resources`, `fill_placeholders`,
 `build_run_job_flow_request`, `build_security_configuration`, `estimate_cost`, `hours_for_images`)
 build requests and numbers; the `cmd_*` functions are the only ones that call AWS. boto3 clients are
 made with a region only, so `AWS_ENDPOINT_URL` (a local S3/EMR server, in tests) is honoured.
@@ -27,13 +29,10 @@ from string import Template
 
 import yaml
 
-from fruits_assets.settings import (
-    DEFAULT_REGION,
-    FruitsConfigError,
-    allow_other_region,
-    env,
-    validate_region,
-)
+from fruits_assets.errors import FruitsConfigError
+from fruits_assets.settings import EU_REGION, FruitsSettings, validate_region
+
+DEFAULT_REGION = EU_REGION
 
 # Throughput assumption of `cost --images`: images per second per worker (core + task) vCPU for
 # the whole pipeline (decode, resize to 224, MobileNetV2 on CPU, PCA, CSV). MobileNetV2 at 224 is
@@ -51,10 +50,10 @@ READY_STATES = ("WAITING", "RUNNING")
 
 
 def default_resources_dir() -> Path:
-    """FRUITS_EMR_RESOURCES, else the repository's emr_resources/ (beside fruits_assets/)."""
-    if os.environ.get("FRUITS_EMR_RESOURCES", "").strip():
-        return Path(os.environ["FRUITS_EMR_RESOURCES"].strip())
-    return Path(__file__).resolve().parents[1] / "emr_resources"
+    """This package's own files, wherever it is installed."""
+    from importlib.resources import files
+
+    return Path(str(files(__package__)))
 
 
 @dataclass
@@ -75,8 +74,7 @@ def load_resources(directory: Path | str | None = None) -> EmrResources:
     directory = Path(directory) if directory else default_resources_dir()
     if not (directory / "cluster.yaml").is_file():
         raise FruitsConfigError(
-            f"No cluster.yaml in {directory}: run from the repository, or set FRUITS_EMR_RESOURCES "
-            "(or --resources-dir) to the emr_resources/ folder."
+            f"No cluster.yaml in {directory}: pass --resources-dir a copy of the emr_resources/ folder."
         )
     return EmrResources(
         directory=directory,
@@ -380,13 +378,25 @@ def _client(service: str, region: str):
     return boto3.client(service, region_name=region)  # AWS_ENDPOINT_URL is honoured by boto3
 
 
+def _settings(args) -> FruitsSettings:
+    """The command line's values, else FRUITS_* variables, else the pipeline's defaults."""
+    given = {
+        "aws_region": getattr(args, "region", None),
+        "s3_bucket": getattr(args, "bucket", None),
+        "s3_prefix": getattr(args, "prefix", None),
+        "kms_key_id": getattr(args, "kms_key_id", None),
+        "emr_cluster_id": getattr(args, "cluster_id", None),
+    }
+    return FruitsSettings(**{k: v for k, v in given.items() if v}).resolve(os.environ, check=False)
+
+
 def _region(args) -> str:
-    region = args.region or env("FRUITS_AWS_REGION", DEFAULT_REGION)
-    return validate_region(region, allow_other_region())
+    settings = _settings(args)
+    return validate_region(settings.aws_region, settings.allow_non_eu_region)
 
 
 def _cluster_id(args) -> str:
-    cluster_id = args.cluster_id or env("FRUITS_EMR_CLUSTER_ID", "")
+    cluster_id = _settings(args).emr_cluster_id
     if not cluster_id:
         raise FruitsConfigError("No cluster id: pass --cluster-id or set FRUITS_EMR_CLUSTER_ID.")
     return cluster_id
@@ -435,11 +445,10 @@ def cmd_create(args, out=None) -> str:
 
     region = _region(args)
     resources = load_resources(args.resources_dir)
-    bucket = args.bucket or env("FRUITS_S3_BUCKET", "")
-    prefix = args.prefix or env("FRUITS_S3_PREFIX", "fruits")
-    kms_key_id = args.kms_key_id or env("FRUITS_KMS_KEY_ID", "")
+    settings = _settings(args)
+    bucket, prefix, kms_key_id = settings.s3_bucket, settings.s3_prefix, settings.kms_key_id
     # The step launcher stages under FRUITS_EMR_STAGING_PREFIX: it must be inside the prefix.
-    placeholder_values(bucket, prefix, region, staging_prefix=env("FRUITS_EMR_STAGING_PREFIX", ""))
+    placeholder_values(bucket, prefix, region, staging_prefix=settings.emr_staging_prefix)
     account_id = _client("sts", region).get_caller_identity()["Account"]
     request = build_run_job_flow_request(
         resources.cluster,
@@ -545,13 +554,14 @@ def cmd_render(args, out=None) -> list[Path]:
     region = _region(args)
     resources = load_resources(args.resources_dir)
     account_id = args.account_id or _client("sts", region).get_caller_identity()["Account"]
+    settings = _settings(args)
     values = placeholder_values(
-        args.bucket or env("FRUITS_S3_BUCKET", ""),
-        args.prefix or env("FRUITS_S3_PREFIX", "fruits"),
+        settings.s3_bucket,
+        settings.s3_prefix,
         region,
         account_id,
-        args.kms_key_id or env("FRUITS_KMS_KEY_ID", ""),
-        env("FRUITS_EMR_STAGING_PREFIX", ""),
+        settings.kms_key_id,
+        settings.emr_staging_prefix,
     )
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

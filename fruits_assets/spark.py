@@ -1,0 +1,100 @@
+"""The Spark session of a run: its settings, and the `pyspark` resource that starts it lazily.
+
+Lazily, because in the `emr` deployment the Dagster host only launches steps: the session starts
+in the step's process on the cluster, and the host needs neither Spark nor Java.
+"""
+
+
+import contextlib
+import os
+import sys
+
+import dagster as dg
+from dagster import ResourceDependency
+from pydantic import PrivateAttr
+
+from fruits_assets.settings import FruitsSettings
+
+
+def runtime_config(settings: FruitsSettings) -> dict:
+    """Settings a running session can take (set again at each run: the session outlives runs)."""
+    return {
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Rows per Arrow batch handed to a Python worker: bounds worker memory (224 px uint8
+        # images are 150 KB each, so 10,000 rows, Spark's default, would be 1.5 GB per batch).
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(settings.arrow_batch_rows),
+        "spark.sql.session.timeZone": "UTC",
+    }
+
+
+def local_config(settings: FruitsSettings) -> dict:
+    """Settings of a session on this machine (the `local` deployment, and tests)."""
+    return {
+        "spark.master": settings.spark_master,
+        "spark.app.name": "fruits",
+        "spark.python.worker.reuse": "true",  # keeps each worker's model across tasks
+        "spark.sql.shuffle.partitions": "8",
+        "spark.driver.memory": "4g",
+        "spark.ui.showConsoleProgress": "false",
+        **runtime_config(settings),
+    }
+
+
+def cluster_config(settings: FruitsSettings) -> dict:
+    """Settings of a step's session on EMR, on top of the cluster's spark-defaults
+    (emr_resources/cluster.yaml) and what spark-submit gives (master, deploy mode, Python)."""
+    return {"spark.python.worker.reuse": "true", **runtime_config(settings)}
+
+
+@contextlib.contextmanager
+def python_for_workers(executable: str):
+    """PySpark starts local Python workers with $PYSPARK_PYTHON (read once, when the context
+    starts), else `python3` from the PATH, which may lack TensorFlow: this interpreter instead,
+    for the creation only."""
+    previous = os.environ.get("PYSPARK_PYTHON")
+    os.environ["PYSPARK_PYTHON"] = previous or executable
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PYSPARK_PYTHON", None)
+
+
+def local_session(settings: FruitsSettings):
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder
+    for key, value in local_config(settings).items():
+        builder = builder.config(key, value)
+    with python_for_workers(sys.executable):
+        return builder.getOrCreate()
+
+
+class SparkResource(dg.ConfigurableResource):
+    """The `pyspark` resource: the run's Spark session, started on first use."""
+
+    settings: ResourceDependency[FruitsSettings]
+
+    _session: object = PrivateAttr(default=None)
+
+    @property
+    def spark_session(self):
+        if self._session is None:
+            from pyspark.sql import SparkSession
+
+            settings = self.settings.resolved()
+            if settings.deployment == "local":
+                session = local_session(settings)
+            else:  # a step on the cluster: spark-submit made the context
+                builder = SparkSession.builder
+                for key, value in cluster_config(settings).items():
+                    builder = builder.config(key, value)
+                session = builder.getOrCreate()
+            for key, value in runtime_config(settings).items():
+                session.conf.set(key, value)
+            self._session = session
+        return self._session
+
+    @property
+    def started(self) -> bool:
+        return self._session is not None
