@@ -1,34 +1,42 @@
 #!/usr/bin/env bash
 # EMR bootstrap action for Fruits! (runs as hadoop on every node, before applications start).
 #
+#   bootstrap.sh <s3:// URI of requirements.txt> [<pip index URL>]
+#
+# `fruits-emr create` uploads this script and requirements.txt (this folder's) beside each other
+# and passes the requirements' URI. The second argument, optional, is a PyPI mirror for clusters
+# without internet access (e.g. an AWS CodeArtifact or a private proxy reachable from the subnet).
+#
 # EMR 7.x runs Amazon Linux 2023 with Python 3.9; dagster 1.13 needs Python >= 3.10. This installs
 # Python 3.11 from the AL2023 repositories, makes the venv /opt/fruits-venv, and installs the
-# project's pinned runtime dependencies (aarch64 wheels: the fleets are Graviton). cluster.yaml
-# points PYSPARK_PYTHON (driver and executors) at /opt/fruits-venv/bin/python.
+# pinned packages of requirements.txt as wheels only (the Graviton nodes take aarch64 wheels;
+# nothing is compiled). pyspark is not installed: EMR's own Spark puts its pyspark on the path of
+# every PySpark process. cluster.yaml points PYSPARK_PYTHON (driver and executors) at the venv.
 #
-# Idempotent: re-running it on a node skips what is already in place and re-checks the imports.
-# Fails loudly: any failing command fails the bootstrap action, so the cluster fails to start
-# (TERMINATED_WITH_ERRORS, reason in the bootstrap log under the cluster's LogUri) instead of
-# running steps on a broken Python.
-#
-# pyspark: EMR provides Spark itself (/usr/lib/spark, on PYTHONPATH of every PySpark process), but
-# dagster-pyspark declares a dependency on pyspark; the same pinned version as EMR's Spark (3.5.5 on
-# emr-7.9.0) is installed so pip's resolver is satisfied and the import matches the cluster's JVM.
+# Idempotent: a marker names the sha256 of the requirements it installed; re-running it with the
+# same requirements only re-checks the imports. Fails loudly: any failing command fails the
+# bootstrap action, so the cluster fails to start (TERMINATED_WITH_ERRORS, the reason in the
+# bootstrap log under the cluster's LogUri) instead of running steps on a broken Python.
 set -euo pipefail
 
+REQUIREMENTS_URI="${1:?usage: bootstrap.sh s3://bucket/prefix/emr-bootstrap/requirements.txt [pip index URL]}"
+PIP_INDEX="${2:-}"
 VENV=/opt/fruits-venv
 PYTHON_BIN=python3.11
-MARKER="${VENV}/.fruits-bootstrap-done-v1"
+REQUIREMENTS=/tmp/fruits-requirements.txt
 
 log() { echo "[fruits-bootstrap] $*" >&2; }
 trap 'log "FAILED at line ${LINENO} (exit $?): the cluster will not start; see this log."' ERR
 
+aws s3 cp --only-show-errors "${REQUIREMENTS_URI}" "${REQUIREMENTS}"
+MARKER="${VENV}/.fruits-bootstrap-$(sha256sum "${REQUIREMENTS}" | cut -c1-16)"
+
 if [[ -f "${MARKER}" ]]; then
-  log "already bootstrapped (${MARKER}); re-checking imports only"
+  log "already bootstrapped with these requirements (${MARKER}); re-checking imports only"
 else
   if ! command -v "${PYTHON_BIN}" >/dev/null 2>&1; then
     log "installing ${PYTHON_BIN} from the Amazon Linux 2023 repositories"
-    sudo dnf install -y python3.11 python3.11-pip python3.11-devel
+    sudo dnf install -y python3.11 python3.11-pip
   fi
   # Native LAPACK for Spark ML's PCA (netlib finds liblapack.so.3 through JNI): ~3x faster fits.
   # Optional: without it Spark uses its Java implementation, with the same results.
@@ -40,36 +48,29 @@ else
     sudo chown -R "$(id -u):$(id -g)" "${VENV}"
   fi
 
-  "${VENV}/bin/python" -m pip install --no-cache-dir --upgrade "pip>=24" wheel
-  # The pins of pyproject.toml (the dagster family moves together; pandas<3 for PySpark 3.5).
-  # --only-binary: never compile on a bootstrap (slow, and a compiler may be missing).
-  "${VENV}/bin/python" -m pip install --no-cache-dir --only-binary=:all: \
-    "dagster==1.13.27" \
-    "dagster-aws==0.29.27" \
-    "dagster-pyspark==0.29.27" \
-    "pyspark==3.5.5" \
-    "tensorflow==2.21.0" \
-    "pandas>=2.2,<3" \
-    "pyarrow>=14" \
-    "numpy>=1.26" \
-    "pillow>=10" \
-    "boto3>=1.34" \
-    "scikit-learn>=1.4" \
-    "pyyaml>=6"
+  PIP_ARGS=(--no-cache-dir --disable-pip-version-check)
+  if [[ -n "${PIP_INDEX}" ]]; then
+    PIP_ARGS+=(--index-url "${PIP_INDEX}")
+  fi
+  "${VENV}/bin/python" -m pip install "${PIP_ARGS[@]}" --upgrade "pip>=24"
+  # Wheels only: never compile on a node (slow, and no compiler is installed).
+  "${VENV}/bin/python" -m pip install "${PIP_ARGS[@]}" --only-binary=:all: -r "${REQUIREMENTS}"
 fi
 
-# Fail here, not in the first step, if anything is missing or the wrong architecture.
+# Fail here, not in the first step, if anything is missing or of the wrong architecture.
 "${VENV}/bin/python" - <<'PY'
 import platform
 import sys
 
+import boto3
 import dagster
 import dagster_aws
-import dagster_pyspark
+import matplotlib
 import numpy
 import pandas
 import PIL
 import pyarrow
+import sklearn
 import tensorflow as tf
 
 assert sys.version_info[:2] == (3, 11), sys.version

@@ -44,6 +44,23 @@ IMAGES_PER_VCPU_SECOND = 4.0
 # Provisioning (~8 min for fleets) plus the bootstrap (Python 3.11 + TensorFlow wheels, ~10 min)
 # are billed before the first step runs.
 SETUP_HOURS = 0.3
+# Each asset or Spark check is its own EMR step: spark-submit in client mode, a YARN application
+# and its executors, then Python, Dagster and TensorFlow imports, plus up to one launcher poll
+# (FRUITS_EMR_POLL_SECONDS, 15 s). An assumption, not a measurement: about a minute per step.
+STEP_STARTUP_SECONDS = 60.0
+# With FRUITS_EMR_WAIT_FOR_LOGS=1, each step also waits for EMR's 5-minute log upload.
+LOG_WAIT_SECONDS = 300.0
+
+
+def emr_steps_per_run() -> list[str]:
+    """The steps a whole-graph run submits to EMR: every asset and check that needs Spark."""
+    from fruits_assets.definitions import all_assets, all_checks
+
+    steps = []
+    for definition in [*all_assets, *all_checks]:
+        if "pyspark_step_launcher" in definition.required_resource_keys:
+            steps.append(definition.node_def.name)
+    return sorted(steps)
 
 TERMINAL_STATES = ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS")
 READY_STATES = ("WAITING", "RUNNING")
@@ -65,9 +82,10 @@ class EmrResources:
     security_configuration: dict
     prices: dict
 
-    @property
-    def bootstrap_path(self) -> Path:
-        return self.directory / self.cluster["bootstrap"]["script"]
+    def bootstrap_files(self) -> list[Path]:
+        """The bootstrap script, then the requirements it installs."""
+        bootstrap = self.cluster["bootstrap"]
+        return [self.directory / bootstrap["script"], self.directory / bootstrap["requirements"]]
 
 
 def load_resources(directory: Path | str | None = None) -> EmrResources:
@@ -135,9 +153,10 @@ def placeholder_values(
     }
 
 
-def bootstrap_s3_uri(cluster: dict, values: dict[str, str]) -> str:
-    key = fill_placeholders(cluster["bootstrap"]["s3_key"], values)
-    return f"s3://{values['BUCKET']}/{key}"
+def bootstrap_s3_uri(cluster: dict, values: dict[str, str], name: str) -> str:
+    """Where `fruits-emr create` uploads the bootstrap file `name`."""
+    prefix = fill_placeholders(cluster["bootstrap"]["s3_prefix"], values).strip("/")
+    return f"s3://{values['BUCKET']}/{prefix}/{name}"
 
 
 def _fleet_request(fleet: dict, cluster: dict) -> dict:
@@ -196,6 +215,7 @@ def build_run_job_flow_request(
     subnet_ids: list[str] | None = None,
     ec2_key_name: str | None = None,
     extra_tags: dict[str, str] | None = None,
+    pip_index_url: str | None = None,
 ) -> dict:
     """The `run_job_flow` keyword arguments for `cluster` (parsed cluster.yaml). Pure."""
     values = placeholder_values(bucket, prefix, region)
@@ -212,6 +232,10 @@ def build_run_job_flow_request(
         instances["Ec2KeyName"] = ec2_key_name
     tags = {**cluster.get("tags", {}), "fruits:bucket": bucket, "fruits:prefix": values["PREFIX"]}
     tags.update(extra_tags or {})
+    bootstrap = cluster["bootstrap"]
+    bootstrap_args = [bootstrap_s3_uri(cluster, values, bootstrap["requirements"])]
+    if pip_index_url:
+        bootstrap_args.append(pip_index_url)
     return {
         "Name": name or cluster["name"],
         "ReleaseLabel": cluster["release_label"],
@@ -221,8 +245,11 @@ def build_run_job_flow_request(
         "Instances": instances,
         "BootstrapActions": [
             {
-                "Name": cluster["bootstrap"]["name"],
-                "ScriptBootstrapAction": {"Path": bootstrap_s3_uri(cluster, values), "Args": []},
+                "Name": bootstrap["name"],
+                "ScriptBootstrapAction": {
+                    "Path": bootstrap_s3_uri(cluster, values, bootstrap["script"]),
+                    "Args": bootstrap_args,
+                },
             }
         ],
         "SecurityConfiguration": cluster["security_configuration"],
@@ -324,11 +351,14 @@ def hours_for_images(
     vcpus: int,
     images_per_vcpu_second: float = IMAGES_PER_VCPU_SECOND,
     setup_hours: float = SETUP_HOURS,
+    steps: int = 0,
+    seconds_per_step: float = STEP_STARTUP_SECONDS,
 ) -> float:
-    """Billed hours for one run over `images` images: setup plus images / throughput."""
-    if images < 0 or vcpus <= 0 or images_per_vcpu_second <= 0:
-        raise FruitsConfigError("images must be >= 0, vCPUs and throughput > 0.")
-    return setup_hours + images / (images_per_vcpu_second * vcpus * 3600.0)
+    """Billed hours for one run over `images` images: setup, the start-up of each of its EMR
+    steps, and images / throughput."""
+    if images < 0 or vcpus <= 0 or images_per_vcpu_second <= 0 or steps < 0:
+        raise FruitsConfigError("images and steps must be >= 0, vCPUs and throughput > 0.")
+    return setup_hours + (steps * seconds_per_step + images / (images_per_vcpu_second * vcpus)) / 3600.0
 
 
 def estimate_cost(cluster: dict, prices: dict, hours: float) -> list[CostLine]:
@@ -460,6 +490,7 @@ def cmd_create(args, out=None) -> str:
         job_flow_role=args.job_flow_role,
         subnet_ids=args.subnet_id,
         ec2_key_name=args.ec2_key_name,
+        pip_index_url=args.pip_index_url,
     )
     security = build_security_configuration(
         resources.security_configuration,
@@ -469,11 +500,13 @@ def cmd_create(args, out=None) -> str:
         s3_kms=args.s3_kms,
         tls_certificates_uri=args.tls_certificates,
     )
-    # The bootstrap script goes to S3 server-side encrypted, like every object this project writes.
-    bootstrap_uri = request["BootstrapActions"][0]["ScriptBootstrapAction"]["Path"]
+    # The bootstrap files go to S3 server-side encrypted, like every object this project writes.
     storage = Storage(region_name=region, kms_key_id=kms_key_id if args.s3_kms else None)
-    storage.write_bytes(bootstrap_uri, resources.bootstrap_path.read_bytes())
-    print(f"uploaded {resources.bootstrap_path.name} to {bootstrap_uri}", file=out)
+    values = placeholder_values(bucket, prefix, region)
+    for path in resources.bootstrap_files():
+        uri = bootstrap_s3_uri(resources.cluster, values, path.name)
+        storage.write_bytes(uri, path.read_bytes())
+        print(f"uploaded {path.name} to {uri}", file=out)
 
     emr = _client("emr", region)
     created = ensure_security_configuration(emr, request["SecurityConfiguration"], security)
@@ -533,10 +566,22 @@ def cmd_cost(args, out=None) -> float:
         print(f"assumed billed hours: {hours}", file=out)
     else:
         vcpus = worker_vcpus(cluster, prices)
-        hours = hours_for_images(args.images, vcpus, args.images_per_vcpu_second, args.setup_hours)
+        steps = emr_steps_per_run()
+        per_step = STEP_STARTUP_SECONDS + (LOG_WAIT_SECONDS if _settings(args).emr_wait_for_logs else 0.0)
+        hours = hours_for_images(
+            args.images, vcpus, args.images_per_vcpu_second, args.setup_hours, len(steps), per_step
+        )
         print(
-            f"{args.images} images / ({args.images_per_vcpu_second} images/s/vCPU x {vcpus} worker "
-            f"vCPUs) + {args.setup_hours} h setup = {hours:.3f} billed hours",
+            f"assumed: {args.images_per_vcpu_second} images/s per worker vCPU for the whole "
+            f"pipeline (--images-per-vcpu-second; measure yours: image_features' rows_per_second), "
+            f"{args.setup_hours} h provisioning + bootstrap (--setup-hours), {per_step:.0f} s start-up "
+            f"per EMR step{' incl. the 5-min log wait (FRUITS_EMR_WAIT_FOR_LOGS=1)' if per_step > STEP_STARTUP_SECONDS else ''}",
+            file=out,
+        )
+        print(f"a whole run is {len(steps)} EMR steps: {', '.join(steps)}", file=out)
+        print(
+            f"{args.setup_hours} h + {len(steps)} x {per_step:.0f} s + {args.images} images / "
+            f"({args.images_per_vcpu_second} x {vcpus} worker vCPUs) = {hours:.3f} billed hours",
             file=out,
         )
     if args.include_idle_timeout:
@@ -570,6 +615,7 @@ def cmd_render(args, out=None) -> list[Path]:
         resources.directory / "s3_bucket_policy.json",
         resources.directory / "public_access_block.json",
         resources.directory / "bucket_encryption.json",
+        resources.directory / "kms_key_policy.json",
     ]
     for source in sources:
         document = fill_placeholders(json.loads(source.read_text()), values)
@@ -598,6 +644,9 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--kms-key-id", help="KMS key for local disks (default FRUITS_KMS_KEY_ID)")
     create.add_argument("--s3-kms", action="store_true", help="EMRFS writes with SSE-KMS (that key) instead of SSE-S3")
     create.add_argument("--tls-certificates", help="s3:// URI of a PEM zip: enables in-transit encryption")
+    create.add_argument(
+        "--pip-index-url", help="PyPI mirror for the bootstrap (nodes without internet access)"
+    )
     create.add_argument("--wait", action="store_true", help="wait until the cluster is WAITING")
     create.add_argument("--timeout", type=float, default=1800.0, help="--wait timeout, seconds")
     create.add_argument("--poll-seconds", type=float, default=30.0, help=argparse.SUPPRESS)

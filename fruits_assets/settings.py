@@ -61,7 +61,9 @@ class FruitsSettings(dg.ConfigurableResource):
         "FRUITS_EMR_STAGING_PREFIX", "", "emr: where steps are staged ('' = <s3_prefix>/emr-staging)."
     )
     emr_wait_for_logs: bool | None = setting(
-        "FRUITS_EMR_WAIT_FOR_LOGS", True, "emr: wait (~5 min/step) for the Spark driver's logs and show them."
+        "FRUITS_EMR_WAIT_FOR_LOGS",
+        False,
+        "emr: after each step, wait for EMR's log upload (~5 min/step, billed) to show the Spark driver's logs.",
     )
     emr_poll_seconds: float | None = setting("FRUITS_EMR_POLL_SECONDS", 15.0, "emr: seconds between two polls of a step.")
     # -- what a run computes -------------------------------------------------------------------

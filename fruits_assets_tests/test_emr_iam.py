@@ -1,0 +1,121 @@
+"""The IAM, KMS and bucket documents of emr_resources/ against the AWS rules a real cluster meets.
+
+Static checks of the documents (and of the README's `aws iam` commands a newcomer copies): moto's
+server does not evaluate IAM conditions or key policies for S3, EMR or EBS, so no local API could
+show these. Each test names the AWS rule it checks; see emr_resources/README.md for the sources.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from emr_resources.cli import fill_placeholders
+
+PROJECT = Path(__file__).resolve().parents[1]
+RESOURCES = PROJECT / "emr_resources"
+VALUES = {
+    "BUCKET": "fruits-data",
+    "PREFIX": "fruits",
+    "REGION": "eu-west-1",
+    "ACCOUNT_ID": "111122223333",
+    "KMS_KEY_ID": "1234abcd-12ab-34cd-56ef-1234567890ab",
+    "STAGING_PREFIX": "fruits/emr-staging",
+}
+KEY_ARN = f"arn:aws:kms:eu-west-1:111122223333:key/{VALUES['KMS_KEY_ID']}"
+
+
+def document(name: str) -> dict:
+    return fill_placeholders(json.loads((RESOURCES / name).read_text()), VALUES)
+
+
+def statements(name: str, effect: str = "Allow") -> list[dict]:
+    return [s for s in document(name)["Statement"] if s["Effect"] == effect]
+
+
+def as_list(value) -> list:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def allowed(name: str, action: str, resource: str) -> list[dict]:
+    """The Allow statements of `name` granting `action` on exactly `resource`."""
+    return [s for s in statements(name) if action in as_list(s["Action"]) and resource in as_list(s["Resource"])]
+
+
+def instance_role() -> str:
+    return yaml.safe_load((RESOURCES / "cluster.yaml").read_text())["job_flow_role"]
+
+
+def test_instance_profile_and_its_role_have_the_same_name():
+    """EMR, 'Customize IAM roles': with a custom EC2 instance profile, the instance profile and the
+    role inside it must have the same name, or cluster creation fails (invalid instance profile)."""
+    name = instance_role()
+    role_arn = f"arn:aws:iam::111122223333:role/{name}"
+    [pass_role] = [s for s in statements("iam/emr_service_role_policy.json") if "iam:PassRole" in as_list(s["Action"])]
+    assert as_list(pass_role["Resource"]) == [role_arn]
+    key_users = [p for s in statements("kms_key_policy.json") for p in as_list(s["Principal"]["AWS"])]
+    assert role_arn in key_users
+    # The README's commands create exactly that role, that profile, and put one in the other.
+    readme = (PROJECT / "README.md").read_text()
+    roles = set(re.findall(r"aws iam create-role --role-name (\S+)", readme))
+    profiles = re.findall(r"aws iam create-instance-profile --instance-profile-name (\S+)", readme)
+    added = re.findall(
+        r"aws iam add-role-to-instance-profile --instance-profile-name (\S+) \\?\s*--role-name (\S+)", readme
+    )
+    assert profiles == [name] and added == [(name, name)] and name in roles
+    assert re.findall(r"--role-name (\S+) --policy-name fruits-emr-instance", readme) == [name]
+
+
+def test_the_cluster_may_list_the_bucket_so_a_missing_key_is_a_404():
+    """S3, HeadObject/GetObject: without s3:ListBucket on the bucket, a missing key answers 403
+    AccessDenied instead of 404. EMRFS and dagster-aws's launcher (it polls events.pkl and waits
+    while the answer is NoSuchKey) rely on the 404: ListBucket must not hang on an s3:prefix
+    condition, which a HEAD or GET request does not carry."""
+    [grant] = allowed("iam/ec2_instance_profile_policy.json", "s3:ListBucket", "arn:aws:s3:::fruits-data")
+    assert "s3:prefix" not in json.dumps(grant.get("Condition", {}))
+    # Objects stay limited to the prefix.
+    writes = allowed("iam/ec2_instance_profile_policy.json", "s3:PutObject", "arn:aws:s3:::fruits-data/fruits/*")
+    assert writes and all(
+        r.startswith("arn:aws:s3:::fruits-data/fruits/")
+        for s in statements("iam/ec2_instance_profile_policy.json")
+        if "s3:PutObject" in as_list(s["Action"])
+        for r in as_list(s["Resource"])
+    )
+
+
+def test_the_kms_key_encrypts_the_cluster_disks():
+    """EMR local-disk encryption with EBS encryption and a customer managed key: the EMR service
+    role and the instance role are key users (Encrypt, Decrypt, ReEncrypt*, GenerateDataKey*,
+    DescribeKey), and the service role may create grants for AWS resources (EBS volumes)."""
+    crypto = {"kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"}
+    for policy in ("iam/ec2_instance_profile_policy.json", "iam/emr_service_role_policy.json"):
+        granted = {a for s in statements(policy) if KEY_ARN in as_list(s["Resource"]) for a in as_list(s["Action"])}
+        assert crypto <= granted, (policy, crypto - granted)
+    [grants] = [
+        s for s in statements("iam/emr_service_role_policy.json") if "kms:CreateGrant" in as_list(s["Action"])
+    ]
+    assert grants["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
+    key_policy = {s["Sid"]: s for s in statements("kms_key_policy.json")}
+    assert key_policy["FruitsEmrServiceRoleAttachesTheKeyToEbsVolumes"]["Condition"] == grants["Condition"]
+
+
+def test_the_service_role_launches_and_tags_only_tagged_resources():
+    """AmazonEMRServicePolicy_v2's rule: EC2 create/modify actions are scoped by tags (on the
+    request or on the resource), never granted on every resource."""
+    risky = {"ec2:RunInstances", "ec2:CreateFleet", "ec2:CreateTags", "ec2:CreateLaunchTemplate",
+             "ec2:CreateNetworkInterface", "ec2:CreateSecurityGroup", "ec2:TerminateInstances",
+             "ec2:ModifyInstanceAttribute", "ec2:DeleteTags"}
+    for statement in statements("iam/emr_service_role_policy.json"):
+        actions = risky & set(as_list(statement["Action"]))
+        if not actions:
+            continue
+        tag_condition = re.search(r"aws:(Request|Resource)Tag/|ec2:CreateAction", json.dumps(statement.get("Condition", {})))
+        if "*" in as_list(statement["Resource"]):
+            assert tag_condition, (statement["Sid"], actions)
+        else:
+            # Without a tag condition: only the parts a launch needs (AMIs, key pairs, the fleet).
+            assert tag_condition or all(
+                re.search(r":(image|key-pair|capacity-reservation|fleet|network-interface)/", r)
+                for r in as_list(statement["Resource"])
+            ), statement["Sid"]
