@@ -1,8 +1,11 @@
 """PCA: choosing k, fitting with Spark ML in one pass, and a Spark-free form of the fitted model.
 
-The Spark model is a `PipelineModel` of [centering StandardScaler, PCA(k_fit), VectorSlicer(0..k-1)]:
-one fit at k_fit = min(max_k, dim) gives every explained-variance ratio needed to choose k, and the
-slicer keeps the first k components without a second fit. The same projection without Spark is
+The Spark model is a `PipelineModel` of [centering StandardScaler, PCA(k_fit), VectorSlicer(0..k-1),
+ElementwiseProduct(signs)]: one fit at k_fit = min(max_k, dim) gives every explained-variance ratio
+needed to choose k, the slicer keeps the first k components without a second fit, and the signs
+make each component's largest loading positive. An eigenvector's sign is arbitrary: without that
+convention, two fits on the same features (another partitioning, another machine) can give
+components of opposite signs, and CSVs that disagree. The same projection without Spark is
 `(x - mean) @ components` (see `PcaModel.project`), so an app backend can project a new image
 with numpy alone.
 """
@@ -109,7 +112,8 @@ def fit_pca(
 ) -> PcaModel:
     """Fit on a DataFrame with a `features` Vector column (cached by the caller: one pass)."""
     from pyspark.ml import Pipeline, PipelineModel
-    from pyspark.ml.feature import PCA, StandardScaler, VectorSlicer
+    from pyspark.ml.feature import PCA, ElementwiseProduct, StandardScaler, VectorSlicer
+    from pyspark.ml.linalg import Vectors
 
     k_fit = min(max_k, dim)
     fitted = Pipeline(
@@ -121,8 +125,10 @@ def fit_pca(
     scaler, pca = fitted.stages
     explained = np.asarray(pca.explainedVariance.toArray())
     k, _capped = choose_k(explained, variance_target, max_k)
-    slicer = VectorSlicer(inputCol="pca_full", outputCol="pca", indices=list(range(k)))
-    components = np.asarray(pca.pc.toArray())[:, :k]
+    slicer = VectorSlicer(inputCol="pca_full", outputCol="pca_first_k", indices=list(range(k)))
+    signs = component_signs(np.asarray(pca.pc.toArray())[:, :k])
+    flip = ElementwiseProduct(inputCol="pca_first_k", outputCol="pca", scalingVec=Vectors.dense(signs))
+    components = np.asarray(pca.pc.toArray())[:, :k] * signs
     return PcaModel(
         components=components,
         mean=np.asarray(scaler.mean.toArray()),
@@ -130,5 +136,11 @@ def fit_pca(
         variance_target=variance_target,
         max_k=max_k,
         train_rows=train_rows,
-        spark=PipelineModel(stages=[scaler, pca, slicer]),
+        spark=PipelineModel(stages=[scaler, pca, slicer, flip]),
     )
+
+
+def component_signs(components: np.ndarray) -> np.ndarray:
+    """+1 or -1 per column: the sign that makes the column's largest-magnitude entry positive."""
+    largest = components[np.abs(components).argmax(axis=0), np.arange(components.shape[1])]
+    return np.where(largest < 0, -1.0, 1.0)

@@ -68,3 +68,15 @@ def test_pca_model_round_trips_through_npz_without_spark(spark):
     np.testing.assert_array_equal(loaded.components, model.components)
     new_image = low_rank_data(rows=1, seed=7)
     np.testing.assert_allclose(loaded.project(new_image), model.project(new_image))
+
+
+def test_components_have_one_sign_convention(spark):
+    """An eigenvector's sign is arbitrary; the model's is not: each component's largest loading
+    is positive, in the arrays and in the Spark model's scores alike."""
+    data = low_rank_data(dim=12)
+    model, frame = fit(spark, data, 1.0, 8)  # 3 large components, then 5 of noise
+    assert model.k == 8
+    largest = model.components[np.abs(model.components).argmax(axis=0), np.arange(model.k)]
+    assert (largest > 0).all(), largest
+    spark_scores = np.array([r.pca.toArray() for r in model.spark_model.transform(frame).collect()])
+    np.testing.assert_allclose(spark_scores, model.project(data), atol=1e-6)

@@ -1,0 +1,167 @@
+"""The whole graph in the `emr` deployment, on an emulated EMR cluster.
+
+The host is the real CLI - `dagster asset materialize -m fruits_assets.definitions --select '*'` -
+in its own process, with FRUITS_DEPLOYMENT=emr, the EMR settings in its environment, and neither
+Java nor JAVA_HOME: it only plans the run, stages and submits each Spark step (5 assets, 4 checks)
+to EMR and streams the steps' events back from S3; the two steps without Spark (`pca_quality`, the
+PCA target check) run on it. The cluster was made by `fruits-emr create` (moto's EMR) and its
+steps are run by `emr_emulation.EmulatedEmrCluster`: each as its own spark-submit process, with
+the cluster's environment and Python only, `fruits_assets` importable only from the staged zip,
+and s3:// served by a real Hadoop S3 connector against moto's S3 (see that module's docstring for
+what the emulation covers and what only a real cluster can show).
+
+The result is checked against the local deployment on the same images: the CSV on S3 equals the
+local CSV to 1e-4.
+"""
+
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pandas as pd
+import pytest
+
+from emr_resources import cli as emr_cli
+from fruits_assets.sample_data import generate_sample
+from fruits_assets_tests.emr_emulation import (
+    EmulatedEmrCluster,
+    EmulationUnavailable,
+    cluster_python,
+    java_home,
+    s3a_jars,
+)
+from fruits_assets_tests.helpers import materialize, run_config
+
+PROJECT = Path(__file__).resolve().parents[1]
+PREFIX = "fruits"
+SPARK_STEPS = {
+    "raw_images", "preprocessed_images", "image_features", "pca_model", "pca_features_csv",
+    "raw_images_training_covers_test_labels", "preprocessed_images_counts_reconcile",
+    "image_features_vectors_complete_and_finite", "pca_features_csv_csv_matches_features",
+}
+
+
+@pytest.fixture(scope="module")
+def emulation_ready():
+    """The cluster's venv and the S3 connector (built or downloaded once, then cached)."""
+    try:
+        return cluster_python(), s3a_jars(), java_home()
+    except EmulationUnavailable as error:
+        if os.environ.get("FRUITS_REQUIRE_NETWORK_TESTS") == "1":
+            pytest.fail(f"the EMR emulation cannot be set up: {error}")
+        pytest.skip(f"the EMR emulation cannot be set up here: {error}")
+
+
+def upload_tree(s3, folder: Path, bucket: str, prefix: str) -> int:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for path in files:
+        s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+    return len(files)
+
+
+def create_cluster(bucket: str, monkeypatch, capsys) -> str:
+    monkeypatch.setenv("FRUITS_KMS_KEY_ID", "1234abcd-12ab-34cd-56ef-1234567890ab")
+    assert emr_cli.main(["create", "--bucket", bucket, "--prefix", PREFIX]) == 0
+    return re.search(r"^export FRUITS_EMR_CLUSTER_ID=(j-\w+)$", capsys.readouterr().out, re.M).group(1)
+
+
+def host_environment(tmp_path: Path, endpoint: str, bucket: str, cluster_id: str, weights: str) -> dict:
+    """What a Dagster host has: its settings, AWS credentials, and no Java."""
+    (tmp_path / "dagster_home").mkdir()
+    (tmp_path / "host_home").mkdir()
+    return {
+        "PATH": str(Path(sys.executable).parent),  # the dagster CLI; no java on it
+        "HOME": str(tmp_path / "host_home"),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "LANG": "C.UTF-8",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_ENDPOINT_URL": endpoint,
+        "FRUITS_DEPLOYMENT": "emr",
+        "FRUITS_S3_BUCKET": bucket,
+        "FRUITS_S3_PREFIX": PREFIX,
+        "FRUITS_EMR_CLUSTER_ID": cluster_id,
+        "FRUITS_IMAGES_ROOT": f"s3://{bucket}/{PREFIX}/images",
+        "FRUITS_IMAGE_SIZE": "96",
+        "FRUITS_MODEL_WEIGHTS": weights,
+        "FRUITS_EMR_POLL_SECONDS": "1",
+    }
+
+
+def csv_by_image(table: pd.DataFrame, root: str) -> pd.DataFrame:
+    """Rows keyed by the image's path below its images root (s3:// or local)."""
+    table = table.copy()
+    table["path"] = [p[len(root):].lstrip("/") for p in table["path"]]
+    return table.set_index("path").sort_index()
+
+
+def test_whole_graph_on_the_emulated_cluster(
+    emulation_ready, spark, moto_server, s3_bucket, shared_weights_or_none, tmp_path, monkeypatch, capsys
+):
+    python, _, _ = emulation_ready
+    # The cluster's Python can import the package from nowhere but the staged zip.
+    assert _run_python(python, "import fruits_assets").returncode != 0
+
+    images = generate_sample(tmp_path / "images", 4, 2)
+    (images / "Training" / "Apple Red 1" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    s3 = boto3.client("s3", region_name="eu-west-1", endpoint_url=moto_server)
+    listed = upload_tree(s3, images, s3_bucket, f"{PREFIX}/images")
+    weights = "random"
+    if shared_weights_or_none is not None:
+        s3.upload_file(str(shared_weights_or_none), s3_bucket, f"{PREFIX}/models/backbone.weights.h5")
+        weights = f"s3://{s3_bucket}/{PREFIX}/models/backbone.weights.h5"
+    cluster_id = create_cluster(s3_bucket, monkeypatch, capsys)
+
+    env = host_environment(tmp_path, moto_server, s3_bucket, cluster_id, weights)
+    with EmulatedEmrCluster(cluster_id, moto_server, tmp_path / "cluster") as cluster:
+        host = cluster.run_host(
+            [str(Path(sys.executable).parent / "dagster"), "asset", "materialize",
+             "-m", "fruits_assets.definitions", "--select", "*"],
+            timeout=1800, cwd=PROJECT, env=env,
+        )
+    log = host.stdout + host.stderr
+    failed = [r for r in cluster.ran if r["returncode"] != 0]
+    details = "".join(Path(r["folder"], "stderr").read_text()[-3000:] for r in failed)
+    assert host.returncode == 0 and "RUN_SUCCESS" in log, log[-4000:] + details
+    assert "JAVA_HOME" not in log and "Java gateway" not in log
+
+    # Every Spark step ran on the cluster, once, as its own spark-submit; nothing else did.
+    ran = [re.sub(r"^Execute Solid/Op ", "", r["name"]) for r in cluster.ran]
+    assert sorted(ran) == sorted(SPARK_STEPS), ran
+    assert not failed
+    for step in cluster.ran:
+        assert "--py-files" in step["args"] and step["args"][step["args"].index("--master") + 1] == "yarn"
+
+    # The assets are on S3, written by Spark through the S3 connector, encrypted.
+    base = f"s3://{s3_bucket}/{PREFIX}"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix=f"{PREFIX}/image_features/")["Contents"]]
+    parquet = [k for k in keys if k.endswith(".parquet")]
+    assert parquet and all(s3.head_object(Bucket=s3_bucket, Key=k)["ServerSideEncryption"] == "AES256" for k in parquet)
+    stored = s3.get_object(Bucket=s3_bucket, Key=f"{PREFIX}/pca_features_csv/pca_features.csv")["Body"].read()
+    on_emr = csv_by_image(pd.read_csv(io.BytesIO(stored)), f"{base}/images")
+    assert len(on_emr) == listed - 1, "every image but the broken one"
+
+    # The same images in the local deployment give the same CSV.
+    local = materialize(tmp_path / "local", run_config(images, shared_weights_or_none or "random", 96))
+    assert local.success
+    here = csv_by_image(pd.read_csv(tmp_path / "local" / "pca_features_csv" / "pca_features.csv"), str(images))
+    assert list(on_emr.columns) == list(here.columns) and list(on_emr.index) == list(here.index)
+    assert (on_emr[["label", "split"]] == here[["label", "split"]]).all().all()
+    pcs = [c for c in here.columns if c.startswith("pc_")]
+    assert (on_emr[pcs] - here[pcs]).abs().to_numpy().max() <= 1e-4
+
+
+def _run_python(python: Path, code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(python), "-c", code], env={"PATH": "/usr/bin:/bin"}, cwd="/", capture_output=True, text=True)
+
+
+@pytest.fixture
+def shared_weights_or_none():
+    from fruits_assets_tests.conftest import SHARED_WEIGHTS
+
+    return SHARED_WEIGHTS if SHARED_WEIGHTS.exists() else None
