@@ -13,7 +13,7 @@ from pydantic import Field
 from fruits_assets.errors import FruitsConfigError, clear_errors
 from fruits_assets.featurize import resolve_weights
 from fruits_assets.images import MAX_PIXELS
-from fruits_assets.io_managers import CsvTable
+from fruits_assets.csv_table import CsvTable
 from fruits_assets.listing import list_images
 from fruits_assets.pca import PcaModel, fit_pca
 from fruits_assets.plots import (
@@ -27,6 +27,7 @@ from fruits_assets.quality import evaluate
 from fruits_assets.sample_data import sample_images
 from fruits_assets.settings import FEATURE_DIM, SAMPLE_IMAGES, TRAIN_SPLIT, FruitsSettings, validate_image_size
 from fruits_assets.storage import join
+from fruits_assets.versions import PUBLISHED_BY_CHECK
 from fruits_assets.spark_jobs import (
     as_vectors,
     balanced_for_featurization,
@@ -180,12 +181,14 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
             kinds={"spark"},
             code_version="1",
             description="Decoded, RGB, resized images as compact uint8 arrays.",
+            metadata={PUBLISHED_BY_CHECK: "counts_reconcile"},
         ),
         "rejected_images": dg.AssetOut(
             group_name=GROUP,
             kinds={"spark"},
             code_version="1",
             description="Quarantine: every listed file that is not a usable image, and why.",
+            metadata={PUBLISHED_BY_CHECK: "counts_reconcile"},
         ),
     },
     ins={"raw_images": dg.AssetIn()},
@@ -242,7 +245,7 @@ def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
 
 
 # -- image_features -------------------------------------------------------------------------------
-@spark_asset(kinds={"spark", "tensorflow"})
+@spark_asset(kinds={"spark", "tensorflow"}, metadata={PUBLISHED_BY_CHECK: "vectors_complete_and_finite"})
 def image_features(context: dg.AssetExecutionContext, preprocessed_images):
     """1280-d MobileNetV2 (ImageNet-style, avg-pooled) feature vectors, one per image."""
     started = time.perf_counter()
@@ -352,7 +355,7 @@ def pca_metadata(model: PcaModel, seconds: float) -> dict:
 
 
 # -- pca_features_csv -----------------------------------------------------------------------------
-@spark_asset(kinds={"spark", "csv"})
+@spark_asset(kinds={"spark", "csv"}, metadata={PUBLISHED_BY_CHECK: "csv_matches_features"})
 def pca_features_csv(context: dg.AssetExecutionContext, image_features, pca_model: PcaModel):
     """One CSV: path, label, split and the k principal components of every valid image."""
     spark_for(context, "pca_features_csv")

@@ -1,8 +1,10 @@
 """Asset checks: counts that reconcile, sane vectors, PCA on target, a CSV that matches.
 
 Blocking (severity ERROR) where a downstream result would be garbage; warnings where a person
-should look but the output is still usable. Each check reads the stored assets, so it verifies
-what was written, not what the step meant to write.
+should look but the output is still usable. Each check reads the stored assets as the run sees
+them (the run's own new versions), so it verifies what was written, not what the step meant to
+write. A blocking check is the audit of write-audit-publish: when it passes, the run's new
+version becomes the current one (`audit`); when it fails, the previous version stays current.
 """
 
 import dagster as dg
@@ -17,7 +19,27 @@ from fruits_assets.assets import (
 from fruits_assets.settings import FEATURE_DIM, TRAIN_SPLIT
 
 # Checks read Spark outputs: on EMR they run on the cluster too (the step launcher).
-SPARK_CHECK_RESOURCES = {"pyspark", "pyspark_step_launcher"}
+SPARK_CHECK_RESOURCES = {"pyspark", "pyspark_step_launcher", "io_manager"}
+
+
+def audit(context, check: str, passed: bool, assets: list[str], metadata: dict) -> dg.AssetCheckResult:
+    """The result of a blocking check; on success, this run's new versions of `assets` become
+    current. The metadata says which version is current, and why."""
+    io_manager = context.resources.io_manager
+    store = io_manager.store()
+    for asset in assets:
+        staged = store.staged(asset, context.run.run_id)
+        if staged is None:
+            continue  # the check ran alone, on versions of earlier runs: nothing to publish
+        if passed:
+            io_manager.publish(asset, context.run.run_id, because=f"{check} passed")
+            metadata[f"{asset} current version"] = f"{staged['version']} (published: {check} passed)"
+        else:
+            current = store.current(asset)
+            metadata[f"{asset} current version"] = (
+                f"{current['version'] if current else 'none'} (kept: {staged['version']} failed {check}, not published)"
+            )
+    return dg.AssetCheckResult(passed=passed, metadata=metadata)
 
 
 def reconcile(listed: int, preprocessed: int, rejected: int) -> bool:
@@ -32,11 +54,14 @@ def reconcile(listed: int, preprocessed: int, rejected: int) -> bool:
     additional_ins={"raw_images": dg.AssetIn(), "rejected_images": dg.AssetIn()},
     required_resource_keys=SPARK_CHECK_RESOURCES,
 )
-def counts_reconcile(preprocessed_images, raw_images, rejected_images) -> dg.AssetCheckResult:
+def counts_reconcile(context, preprocessed_images, raw_images, rejected_images) -> dg.AssetCheckResult:
     listed, valid, rejected = raw_images.count(), preprocessed_images.count(), rejected_images.count()
-    return dg.AssetCheckResult(
-        passed=reconcile(listed, valid, rejected),
-        metadata={"listed": listed, "preprocessed": valid, "rejected": rejected},
+    return audit(
+        context,
+        "counts_reconcile",
+        reconcile(listed, valid, rejected),
+        ["preprocessed_images", "rejected_images"],
+        {"listed": listed, "preprocessed": valid, "rejected": rejected},
     )
 
 
@@ -48,7 +73,7 @@ def counts_reconcile(preprocessed_images, raw_images, rejected_images) -> dg.Ass
     additional_ins={"preprocessed_images": dg.AssetIn()},
     required_resource_keys=SPARK_CHECK_RESOURCES,
 )
-def vectors_complete_and_finite(image_features, preprocessed_images) -> dg.AssetCheckResult:
+def vectors_complete_and_finite(context, image_features, preprocessed_images) -> dg.AssetCheckResult:
     from pyspark.sql import functions as F
 
     bad_vector = (F.size("features") != FEATURE_DIM) | F.exists(
@@ -59,9 +84,12 @@ def vectors_complete_and_finite(image_features, preprocessed_images) -> dg.Asset
     ).first()
     rows, bad = counts["rows"], counts["bad"] or 0
     images = preprocessed_images.count()
-    return dg.AssetCheckResult(
-        passed=rows == images and bad == 0,
-        metadata={"feature_rows": rows, "preprocessed_images": images, "bad_vectors": bad},
+    return audit(
+        context,
+        "vectors_complete_and_finite",
+        rows == images and bad == 0,
+        ["image_features"],
+        {"feature_rows": rows, "preprocessed_images": images, "bad_vectors": bad},
     )
 
 
@@ -91,13 +119,16 @@ def variance_target_reached(pca_model) -> dg.AssetCheckResult:
     additional_ins={"image_features": dg.AssetIn(), "pca_model": dg.AssetIn()},
     required_resource_keys=SPARK_CHECK_RESOURCES,
 )
-def csv_matches_features(pca_features_csv, image_features, pca_model) -> dg.AssetCheckResult:
+def csv_matches_features(context, pca_features_csv, image_features, pca_model) -> dg.AssetCheckResult:
     expected_header = ["path", "label", "split", *[f"pc_{i}" for i in range(1, pca_model.k + 1)]]
     rows, features = len(pca_features_csv), image_features.count()
     header_ok = list(pca_features_csv.columns) == expected_header
-    return dg.AssetCheckResult(
-        passed=header_ok and rows == features,
-        metadata={"csv_rows": rows, "feature_rows": features, "header_ok": header_ok, "k": pca_model.k},
+    return audit(
+        context,
+        "csv_matches_features",
+        header_ok and rows == features,
+        ["pca_features_csv"],
+        {"csv_rows": rows, "feature_rows": features, "header_ok": header_ok, "k": pca_model.k},
     )
 
 

@@ -7,6 +7,7 @@ download anything, and every worker computes with exactly the weights the driver
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections import Counter
@@ -49,6 +50,34 @@ def build_model(image_size: int):
         weights=None,
         pooling="avg",
     )
+
+
+@functools.lru_cache(maxsize=8)
+def random_weights(image_size: int) -> Weights:
+    """The `random` weights of this size (made once per process: the same every time)."""
+    return _weights_from_model("random", random_model(image_size))
+
+
+def random_model(image_size: int):
+    """Seeded random MobileNetV2 weights for smoke tests, with healthy activations.
+
+    Keras' initial weights (unit batch-norm statistics) shrink the activations layer after layer:
+    the features come out ~1e-11, a regime where Spark's PCA (an SVD of a ~1e-22 covariance) may
+    fail to converge. Each batch normalization's moving statistics are set, in order, to those of
+    its input on a seeded probe batch, so the features are O(1). Deterministic: same seed, same
+    probe, same weights.
+    """
+    import keras
+
+    keras.utils.set_random_seed(RANDOM_SEED)
+    model = build_model(image_size)
+    probe = np.random.default_rng(RANDOM_SEED).uniform(-1, 1, (16, image_size, image_size, 3)).astype(np.float32)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            inputs = np.asarray(keras.Model(model.input, layer.input)(probe, training=False))
+            gamma, beta, _mean, _variance = layer.get_weights()
+            layer.set_weights([gamma, beta, inputs.mean(axis=(0, 1, 2)), inputs.var(axis=(0, 1, 2)) + 1e-3])
+    return model
 
 
 def _weights_suffix(name: str) -> str:
@@ -96,10 +125,7 @@ def resolve_weights(spec: str, image_size: int, storage) -> Weights:
             ) from None
         return _weights_from_model(spec, model)
     if spec == "random":
-        import keras
-
-        keras.utils.set_random_seed(RANDOM_SEED)
-        return _weights_from_model(spec, build_model(image_size))
+        return random_weights(image_size)
     try:
         data = storage.read_bytes(spec)
     except Exception as error:

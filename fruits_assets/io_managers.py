@@ -1,81 +1,108 @@
 """Where assets live: one IO manager, under the run's assets URI (a folder, or s3://bucket/prefix).
 
-Layout under the base, per asset:
-    <asset>/_CURRENT.json          the commit point: which version is current, and its format
-    <asset>/v-<time>-<run>/...     the data of one materialization
-A materialization writes a new version, then replaces `_CURRENT.json` (an atomic rename locally,
-an atomic PUT on S3), then deletes older versions. A run that fails part-way leaves the previous
-materialization current and readable.
+It stores and versions; it does not know the domain types. Each output is written into a new
+version folder (`versions.VersionStore`), staged, and published (made current) at once or, for an
+asset with a blocking check, when the check passes (write, audit, publish). Inputs are read as
+the run sees them: its own staged version, else the version current when the run started. A run
+holds its root's writer lock from start to end (`versions.RunLock`): two runs at once never mix.
 
-What is stored, by the type the asset returns:
-- Spark DataFrame -> Parquet, written by Spark (local files, or EMRFS `s3://` on EMR);
-- `PcaModel` -> `pca_model.npz` (plain arrays, read with numpy alone) + `spark_model/` (Spark ML);
-- `dict` -> `value.json` (small results such as evaluation metrics);
-- `CsvTable` -> one CSV file at a stable path `<asset>/<file_name>`, streamed from Spark;
-  downstream assets load it as a pandas DataFrame.
+How a value is stored, by its type:
+- a Spark DataFrame -> Parquet, written by Spark (local files, or EMRFS `s3://` on EMR);
+- a `dict` -> `value.json` (small results such as evaluation metrics);
+- any object with `save(place)` and `load(place, manifest)` stores itself: `PcaModel`
+  (pca.py), `CsvTable` (csv_table.py). The manifest records its class, to load it back.
 """
 
-
-import io
+import importlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 
 import dagster as dg
-import pandas as pd
 from dagster import ResourceDependency
+from pydantic import PrivateAttr
 
-from fruits_assets.errors import config_errors_fail_once, spark_filesystem_errors
-from fruits_assets.pca import PcaModel
+from fruits_assets.errors import FruitsConfigError, config_errors_fail_once, spark_filesystem_errors
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.spark import SparkResource
-from fruits_assets.spark_jobs import write_csv
 from fruits_assets.storage import Storage, join
-
-MANIFEST = "_CURRENT.json"
+from fruits_assets.versions import PUBLISHED_BY_CHECK, RunLock, VersionStore
 
 
 @dataclass
-class CsvTable:
-    """A Spark DataFrame to store as one CSV file (streamed, never collected whole)."""
+class Place:
+    """One version's folder, as a stored type sees it."""
 
-    frame: object  # pyspark.sql.DataFrame with columns path, label, split, pcs (array)
-    k: int
-    file_name: str
+    uri: str
+    storage: Storage
+    spark: object  # a function returning the run's Spark session (started on first use)
+    asset_uri: str
 
+    def path(self, name: str) -> str:
+        return join(self.uri, name)
 
-class NotMaterializedError(dg.DagsterError):
-    pass
+    def published_path(self, name: str) -> str:
+        """Where a file of this version is copied when the version is published."""
+        return join(self.asset_uri, name)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self.storage.write_bytes(self.path(name), data)
+
+    def read_bytes(self, name: str) -> bytes:
+        return self.storage.read_bytes(self.path(name))
+
+    def upload(self, local_path: str, name: str) -> None:
+        self.storage.upload_file(local_path, self.path(name))
+
+    def save_spark(self, model, name: str) -> None:
+        with spark_filesystem_errors(self.uri):
+            model.write().overwrite().save(self.path(name))
+
+    def load_spark(self, model_class, name: str):
+        self.spark()  # Spark ML's loaders need an active session
+        with config_errors_fail_once(), spark_filesystem_errors(self.uri):
+            return model_class.load(self.path(name))
 
 
 class FruitsIOManager(dg.ConfigurableIOManager):
-    """Stores each asset as a committed version under `base_uri()`; see the module docstring."""
+    """Stores each asset as versions under the run's assets URI; see the module docstring."""
 
     settings: ResourceDependency[FruitsSettings]
     pyspark: ResourceDependency[SparkResource]
 
+    _lock: RunLock | None = PrivateAttr(default=None)
+
     def base_uri(self) -> str:
         return self.settings.assets_uri()
 
-    def storage(self) -> Storage:
-        return self.settings.storage()
+    def store(self) -> VersionStore:
+        return VersionStore(self.base_uri(), self.settings.storage())
 
-    # -- paths --------------------------------------------------------------------------------
-    def asset_uri(self, asset_key: dg.AssetKey) -> str:
-        return join(self.base_uri(), *asset_key.path)
+    # -- a run: the writer lock and the run's snapshot -----------------------------------------
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        run = context.dagster_run
+        if run is None:  # built outside a run (a test, a notebook): reads only
+            return
+        try:
+            wait = self.settings.resolved().lock_wait_seconds
+        except FruitsConfigError:
+            return  # every asset fails at once with the settings' own message
+        store = self.store()
+        lock = RunLock(store, run.run_id, log=context.log.info if context.log else print, wait_seconds=wait)
+        lock.acquire()
+        if lock.owner:
+            store.snapshot(run.run_id)
+        self._lock = lock
 
-    def current(self, asset_key: dg.AssetKey) -> dict:
-        """The manifest of the current materialization of `asset_key`."""
-        uri = join(self.asset_uri(asset_key), MANIFEST)
-        storage = self.storage()
-        if not storage.exists(uri):
-            raise NotMaterializedError(
-                f"Asset {asset_key.to_user_string()!r} has no materialization at "
-                f"{self.asset_uri(asset_key)}: materialize it first."
-            )
-        return json.loads(storage.read_bytes(uri))
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+    def publish(self, asset: str, run_id: str, because: str) -> dict:
+        """Make this run's staged version of `asset` current (the root's lock must be ours)."""
+        if self._lock is not None:
+            self._lock.check()
+        return self.store().publish(asset, run_id, because)
 
     # -- writing ------------------------------------------------------------------------------
     def handle_output(self, context: dg.OutputContext, obj) -> None:
@@ -86,105 +113,70 @@ class FruitsIOManager(dg.ConfigurableIOManager):
         if obj is None:
             return
         started = time.perf_counter()
-        storage = self.storage()
-        asset_dir = self.asset_uri(context.asset_key)
-        version = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{context.run_id[:8]}"
-        location = join(asset_dir, version)
-        if isinstance(obj, CsvTable):
-            fmt, location = "csv", join(asset_dir, obj.file_name)
-            with tempfile.TemporaryDirectory() as tmp:
-                local = os.path.join(tmp, obj.file_name)
-                rows = write_csv(obj.frame, obj.k, local)
-                preview = csv_preview(local)
-                storage.upload_file(local, location)
-            context.add_output_metadata(
-                {"csv_rows": rows, "csv_path": dg.MetadataValue.path(location), "preview": dg.MetadataValue.md(preview)}
-            )
-        elif isinstance(obj, PcaModel):
-            fmt = "pca"
-            storage.write_bytes(join(location, "pca_model.npz"), obj.to_npz_bytes())
-            if obj.spark_model is not None:
-                with spark_filesystem_errors(location):
-                    obj.spark_model.write().overwrite().save(join(location, "spark_model"))
-        elif isinstance(obj, dict):
-            fmt = "json"
-            storage.write_bytes(join(location, "value.json"), json.dumps(obj, indent=1).encode())
-        elif _is_spark_frame(obj):
-            fmt = "parquet"
-            with spark_filesystem_errors(location):
-                obj.write.mode("overwrite").parquet(location)
+        store, asset = self.store(), context.asset_key.to_user_string()
+        version, uri = store.new_version(asset, context.run_id)
+        place = Place(uri, store.storage, lambda: self.pyspark.spark_session, store.asset_dir(asset))
+        manifest, metadata = self._save(obj, place, context)
+        store.stage(asset, context.run_id, {**manifest, "location": uri, "version": version})
+        audited_by = context.definition_metadata.get(PUBLISHED_BY_CHECK)
+        if audited_by:
+            publication = f"staged: becomes current when the blocking check {audited_by} passes"
         else:
-            raise dg.DagsterInvariantViolationError(
-                f"{type(self).__name__} cannot store a {type(obj).__name__} "
-                f"(asset {context.asset_key.to_user_string()})."
-            )
-        manifest = {"format": fmt, "location": location, "run_id": context.run_id, "version": version}
-        if fmt == "pca":
-            manifest["spark_model"] = obj.spark_model is not None
-        storage.write_bytes(join(asset_dir, MANIFEST), json.dumps(manifest).encode())
-        self._delete_old_versions(asset_dir, keep=version if fmt != "csv" else None)
+            self.publish(asset, context.run_id, because="materialized (no blocking check)")
+            publication = "current"
         # Spark is lazy: for a DataFrame, this is when its rows are computed, so it is the time
         # (and, with the asset's row count, the throughput) of the whole stage.
         seconds = time.perf_counter() - started
-        metadata = {"stored_at": dg.MetadataValue.path(location), "format": fmt, "write_seconds": round(seconds, 2)}
+        metadata.update(
+            {"stored_at": dg.MetadataValue.path(uri), "version": version, "publication": publication,
+             "format": manifest["format"], "write_seconds": round(seconds, 2)}
+        )
         rows = _metadata_number(context.output_metadata.get("rows"))
         if rows and seconds > 0:
             metadata["rows_per_second"] = round(rows / seconds, 1)
         context.add_output_metadata(metadata)
 
-    def _delete_old_versions(self, asset_dir: str, keep: str | None) -> None:
-        storage = self.storage()
-        for name in storage.list_children(asset_dir):
-            if name.startswith("v-") and name != keep:
-                storage.delete_tree(join(asset_dir, name))
+    def _save(self, obj, place: Place, context) -> tuple[dict, dict]:
+        if hasattr(obj, "save") and hasattr(type(obj), "load"):
+            extras, metadata = obj.save(place)
+            kind = type(obj)
+            return {"format": "object", "type": f"{kind.__module__}:{kind.__qualname__}", **extras}, metadata
+        if isinstance(obj, dict):
+            place.write_bytes("value.json", json.dumps(obj, indent=1).encode())
+            return {"format": "json"}, {}
+        if _is_spark_frame(obj):
+            with spark_filesystem_errors(place.uri):
+                obj.write.mode("overwrite").parquet(place.uri)
+            return {"format": "parquet"}, {}
+        raise dg.DagsterInvariantViolationError(
+            f"{type(self).__name__} cannot store a {type(obj).__name__} (asset {context.asset_key.to_user_string()})."
+        )
 
     # -- reading ------------------------------------------------------------------------------
-    def _spark(self):
-        return self.pyspark.spark_session
-
     def load_input(self, context: dg.InputContext):
         with config_errors_fail_once():
-            manifest = self.current(context.asset_key)
-            return self.load_manifest(manifest)
+            # Outside a run (a notebook, a test) there is no run: the current version.
+            run_id = context.step_context.run_id if context._step_context is not None else None
+            return self.load_manifest(self.store().for_run(context.asset_key.to_user_string(), run_id))
+
+    def current(self, asset_key: dg.AssetKey) -> dict:
+        """The published manifest of an asset (what users and new runs read)."""
+        return self.store().for_run(asset_key.to_user_string(), None)
 
     def load_manifest(self, manifest: dict):
-        fmt, location = manifest["format"], manifest["location"]
+        store = self.store()
+        place = Place(manifest["location"], store.storage, lambda: self.pyspark.spark_session,
+                      store.asset_dir(manifest.get("asset", "")))
+        fmt = manifest["format"]
         if fmt == "parquet":
-            with spark_filesystem_errors(location):
-                return self._spark().read.parquet(location)
-        if fmt == "pca":
-            # The Spark model loads on first use only: a check that reads k on the Dagster host
-            # must not need Spark (nor, on EMR, an S3 file system for Spark).
-            spark_model = None
-            if manifest.get("spark_model", True):  # a model stored without one loads without one
-
-                def spark_model():
-                    from pyspark.ml import PipelineModel
-
-                    self._spark()  # PipelineModel.load needs an active session
-                    with config_errors_fail_once(), spark_filesystem_errors(location):
-                        return PipelineModel.load(join(location, "spark_model"))
-
-            return PcaModel.from_npz_bytes(
-                self.storage().read_bytes(join(location, "pca_model.npz")), spark_model=spark_model
-            )
-        if fmt == "csv":
-            return pd.read_csv(io.BytesIO(self.storage().read_bytes(location)))
+            with spark_filesystem_errors(place.uri):
+                return self.pyspark.spark_session.read.parquet(place.uri)
         if fmt == "json":
-            return json.loads(self.storage().read_bytes(join(location, "value.json")))
-        raise dg.DagsterInvariantViolationError(f"Unknown stored format {fmt!r} at {location}")
-
-
-def csv_preview(local_file: str, rows: int = 5, columns: int = 6) -> str:
-    """The first rows and columns of a CSV as a markdown table."""
-    table = pd.read_csv(local_file, nrows=rows)
-    shown = table.iloc[:, :columns]
-    header = list(shown.columns) + (["…"] if table.shape[1] > columns else [])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for values in shown.itertuples(index=False):
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in values]
-        lines.append("| " + " | ".join(cells + (["…"] if len(header) > len(cells) else [])) + " |")
-    return "\n".join(lines)
+            return json.loads(place.read_bytes("value.json"))
+        if fmt == "object":
+            module, _, name = manifest["type"].partition(":")
+            return getattr(importlib.import_module(module), name).load(place, manifest)
+        raise dg.DagsterInvariantViolationError(f"Unknown stored format {fmt!r} at {place.uri}")
 
 
 def _metadata_number(value):

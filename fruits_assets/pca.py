@@ -92,6 +92,32 @@ class PcaModel:
         )
         return buffer.getvalue()
 
+    # -- its stored form (used by the IO manager) ---------------------------------------------
+    NPZ = "pca_model.npz"
+    SPARK_MODEL = "spark_model"
+
+    def save(self, place) -> tuple[dict, dict]:
+        """The arrays as pca_model.npz (numpy alone reads them) and, when there is one, the Spark
+        `PipelineModel` in spark_model/."""
+        place.write_bytes(self.NPZ, self.to_npz_bytes())
+        if self.spark_model is not None:
+            place.save_spark(self.spark_model, self.SPARK_MODEL)
+        return {"spark_model": self.spark_model is not None}, {}
+
+    @classmethod
+    def load(cls, place, manifest: dict) -> PcaModel:
+        """The arrays at once; the Spark model on first use only, so a check that reads k on the
+        Dagster host needs no Spark (nor, on EMR, an S3 file system for Spark)."""
+        spark_model = None
+        if manifest.get("spark_model", True):
+
+            def spark_model():
+                from pyspark.ml import PipelineModel
+
+                return place.load_spark(PipelineModel, cls.SPARK_MODEL)
+
+        return cls.from_npz_bytes(place.read_bytes(cls.NPZ), spark_model=spark_model)
+
     @classmethod
     def from_npz_bytes(cls, data: bytes, spark_model=None) -> PcaModel:
         with np.load(io.BytesIO(data)) as arrays:

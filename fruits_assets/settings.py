@@ -66,6 +66,9 @@ class FruitsSettings(dg.ConfigurableResource):
         "emr: after each step, wait for EMR's log upload (~5 min/step, billed) to show the Spark driver's logs.",
     )
     emr_poll_seconds: float | None = setting("FRUITS_EMR_POLL_SECONDS", 15.0, "emr: seconds between two polls of a step.")
+    lock_wait_seconds: float | None = setting(
+        "FRUITS_LOCK_WAIT_SECONDS", 3600.0, "How long a run waits for another run writing the same assets to finish."
+    )
     # -- what a run computes -------------------------------------------------------------------
     images_root: str | None = setting(
         "FRUITS_IMAGES_ROOT", SAMPLE_IMAGES, "Folder or s3:// URI laid out <split>/<Class Name>/<file>.jpg; 'sample' = synthetic."

@@ -7,7 +7,6 @@ partition (`toLocalIterator`).
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 from collections.abc import Iterator
 
@@ -188,15 +187,3 @@ def project_frame(features, spark_model):
         .select("path", "label", "split", vector_to_array("pca").alias("pcs"))
         .orderBy("split", "label", "path")
     )
-
-
-def write_csv(projected, k: int, local_file: str) -> int:
-    """Stream the projected rows into one CSV, a partition at a time; return the row count."""
-    rows = 0
-    with open(local_file, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "split", *[f"pc_{i}" for i in range(1, k + 1)]])
-        for row in projected.toLocalIterator():
-            writer.writerow([row.path, row.label, row.split, *(format(v, ".9g") for v in row.pcs)])
-            rows += 1
-    return rows

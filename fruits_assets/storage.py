@@ -175,3 +175,87 @@ class Storage:
             return names
         path = Path(uri)
         return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+
+    def list_files_in(self, uri: str) -> list[str]:
+        """Names of the files directly in folder `uri` (S3: the keys right under that prefix)."""
+        if is_s3(uri):
+            bucket, prefix = split_s3(uri)
+            prefix = prefix.rstrip("/") + "/"
+            paginator = self.client.get_paginator("list_objects_v2")
+            names = []
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                names += [obj["Key"][len(prefix) :] for obj in page.get("Contents", [])]
+            return names
+        path = Path(uri)
+        return sorted(p.name for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+
+    def delete(self, uri: str) -> None:
+        """Delete one file (nothing if it is not there)."""
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            self.client.delete_object(Bucket=bucket, Key=key)
+            return
+        Path(uri).unlink(missing_ok=True)
+
+    def copy(self, source: str, target: str) -> None:
+        """Replace `target` with a copy of `source`, atomically (readers see one or the other)."""
+        if is_s3(source):
+            bucket, key = split_s3(target)
+            source_bucket, source_key = split_s3(source)
+            self.client.copy_object(
+                Bucket=bucket, Key=key, CopySource={"Bucket": source_bucket, "Key": source_key}, **self.encryption_args()
+            )
+            return
+        self.upload_file(source, target)
+
+    # -- conditional writes (S3), for the writer lock ------------------------------------------
+    def put_if_absent(self, uri: str, data: bytes) -> str | None:
+        """Create `uri` unless it exists (S3 If-None-Match); its ETag, or None if it existed."""
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            return self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*", **self.encryption_args())["ETag"]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return None
+            raise
+
+    def replace_if_match(self, uri: str, data: bytes, etag: str) -> str | None:
+        """Replace `uri` if it is still version `etag` (S3 If-Match); the new ETag, or None."""
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            return self.client.put_object(Bucket=bucket, Key=key, Body=data, IfMatch=etag, **self.encryption_args())["ETag"]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404"):
+                return None
+            raise
+
+    def stale_etag(self, uri: str, seconds: float) -> str | None:
+        """The ETag of `uri` if it was last written more than `seconds` ago by S3's own clock
+        (its LastModified against the Date of the answer: no trust in this machine's clock)."""
+        from email.utils import parsedate_to_datetime
+
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            head = self.client.head_object(Bucket=bucket, Key=key)
+        except ClientError:
+            return None
+        server_now = parsedate_to_datetime(head["ResponseMetadata"]["HTTPHeaders"]["date"])
+        age = (server_now - head["LastModified"]).total_seconds()
+        return head["ETag"] if age > seconds else None
+
+    def delete_if_match(self, uri: str, etag: str) -> None:
+        """Delete `uri` if it is still version `etag` (a lease this process still holds)."""
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            if self.client.head_object(Bucket=bucket, Key=key)["ETag"] == etag:
+                self.client.delete_object(Bucket=bucket, Key=key)
+        except ClientError:
+            pass

@@ -13,7 +13,7 @@ from fruits_assets.assets import (
     preprocessed_images,
     raw_images,
 )
-from fruits_assets.io_managers import CsvTable
+from fruits_assets.csv_table import CsvTable
 from fruits_assets.resources import fruits_resources
 from fruits_assets.settings import FEATURE_DIM, FruitsSettings
 from fruits_assets_tests.helpers import TEST_MASTER

@@ -8,7 +8,8 @@ import boto3
 import dagster as dg
 import numpy as np
 
-from fruits_assets.io_managers import CsvTable, FruitsIOManager
+from fruits_assets.csv_table import CsvTable
+from fruits_assets.io_managers import FruitsIOManager
 from fruits_assets.pca import PcaModel
 from fruits_assets_tests.helpers import io_manager
 
@@ -61,14 +62,13 @@ def test_pca_model_round_trips_encrypted_and_overwrites(s3_bucket):
 
     store(manager, "pca_model", second, run_id="bbbbbbbb-run-2")
     np.testing.assert_array_equal(load(manager, "pca_model").components, second.components)
-    second_keys = objects(s3_bucket, "fruits/pca_model/")
-    old_version = next(k for k in first_keys if k.endswith("pca_model.npz"))
-    assert old_version not in second_keys, "the replaced version was not deleted"
-    assert [k for k in second_keys if k.endswith(".npz")] == [
-        k for k in second_keys if "bbbbbbbb" in k and k.endswith(".npz")
-    ]
+    store(manager, "pca_model", small_pca(3), run_id="cccccccc-run-3")
+    third_keys = objects(s3_bucket, "fruits/pca_model/")
+    oldest = next(k for k in first_keys if k.endswith("pca_model.npz"))
+    assert oldest not in third_keys, "a version older than the previous one was not deleted"
+    assert sorted(k.split("/")[2].split("-")[2] for k in third_keys if k.endswith(".npz")) == ["bbbbbbbb", "cccccccc"]
     manifest = json.loads(s3.get_object(Bucket=s3_bucket, Key="fruits/pca_model/_CURRENT.json")["Body"].read())
-    assert manifest["run_id"] == "bbbbbbbb-run-2" and manifest["spark_model"] is False
+    assert manifest["run_id"] == "cccccccc-run-3" and manifest["spark_model"] is False
 
 
 def test_csv_table_round_trips(s3_bucket, spark):

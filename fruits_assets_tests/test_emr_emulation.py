@@ -75,6 +75,7 @@ def host_environment(tmp_path: Path, endpoint: str, bucket: str, cluster_id: str
     (tmp_path / "host_home").mkdir()
     return {
         "PATH": str(Path(sys.executable).parent),  # the dagster CLI; no java on it
+        "PYTHONPATH": str(PROJECT),  # this checkout's code (the host works from another folder)
         "HOME": str(tmp_path / "host_home"),
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "LANG": "C.UTF-8",
@@ -118,11 +119,16 @@ def test_whole_graph_on_the_emulated_cluster(
     cluster_id = create_cluster(s3_bucket, monkeypatch, capsys)
 
     env = host_environment(tmp_path, moto_server, s3_bucket, cluster_id, weights)
+    # The host's working directory goes into the staged step (Dagster's code pointer) and the
+    # step puts it on sys.path: on a real cluster it does not exist. Here the cluster shares this
+    # machine's disk, so the host works from a folder without the package, as a daemon would.
+    host_cwd = tmp_path / "host"
+    host_cwd.mkdir()
     with EmulatedEmrCluster(cluster_id, moto_server, tmp_path / "cluster") as cluster:
         host = cluster.run_host(
             [str(Path(sys.executable).parent / "dagster"), "asset", "materialize",
              "-m", "fruits_assets.definitions", "--select", "*"],
-            timeout=1800, cwd=PROJECT, env=env,
+            timeout=1800, cwd=host_cwd, env=env,
         )
     log = host.stdout + host.stderr
     failed = [r for r in cluster.ran if r["returncode"] != 0]

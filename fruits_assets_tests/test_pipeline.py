@@ -9,8 +9,11 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from fruits_assets.settings import FEATURE_DIM
+import dagster as dg
+
 from fruits_assets_tests.helpers import (
     check_results,
+    io_manager,
     load,
     materialize,
     metadata_of,
@@ -45,7 +48,9 @@ def test_all_assets_materialize_on_the_synthetic_sample(spark, sample_root, tmp_
     checks = check_results(result)
     for name in ("counts_reconcile", "vectors_complete_and_finite", "csv_matches_features"):
         assert checks[name][0], (name, checks[name])
-    assert checks["counts_reconcile"][2] == {"listed": images, "preprocessed": images, "rejected": 0}
+    counts = checks["counts_reconcile"][2]
+    assert {k: counts[k] for k in ("listed", "preprocessed", "rejected")} == {"listed": images, "preprocessed": images, "rejected": 0}
+    assert counts["preprocessed_images current version"].endswith("(published: counts_reconcile passed)")
     pca = metadata_of(result, "pca_model")
     assert pca["scree_plot"].startswith("![scree](data:image/png;base64,")
     quality = metadata_of(result, "pca_quality")
@@ -89,9 +94,16 @@ def test_features_are_meaningful_on_real_photos(spark, shared_weights, shared_sa
 
 
 def test_rematerializing_replaces_the_previous_output(spark, sample_root, tmp_path):
-    assert materialize(tmp_path, run_config(sample_root, limit_per_class=1), selection=["raw_images"]).success
-    first = sorted(p.name for p in (tmp_path / "raw_images").iterdir())
-    assert materialize(tmp_path, run_config(sample_root, limit_per_class=2), selection=["raw_images"]).success
-    second = sorted(p.name for p in (tmp_path / "raw_images").iterdir())
-    assert len(first) == len(second) == 2 and first != second, "one version, replaced"
-    assert load(tmp_path, "raw_images").count() == 8 * 2 * 2
+    """Each materialization is a new version; the current one and the one before it are kept (a
+    reader outside any run may still be reading it), older ones are deleted."""
+
+    def versions():
+        return sorted(p.name for p in (tmp_path / "raw_images").glob("v-*"))
+
+    made = []
+    for limit in (1, 2, 3):
+        assert materialize(tmp_path, run_config(sample_root, limit_per_class=limit), selection=["raw_images"]).success
+        made.append((set(versions()) - {v for v in made}).pop())
+    assert versions() == sorted(made[1:]), "the oldest version is deleted"
+    assert io_manager(tmp_path).current(dg.AssetKey("raw_images"))["version"] == made[-1]
+    assert load(tmp_path, "raw_images").count() == 8 * (3 + 2)  # 4 Training + 2 Test per class
