@@ -43,7 +43,7 @@ CHROMEDRIVER = Path(os.environ.get("FRUITS_CHROMEDRIVER", "/usr/bin/chromedriver
 GROUP = "fruits"
 # The repository of a `Definitions` object is named __repository__; the location is named after
 # the module in workspace.yaml (no location_name there).
-LOCATION = "fruits_assets.definitions"
+LOCATION = "fruits_assets"
 REPOSITORY = "__repository__"
 # Wide enough for the UI to draw full asset nodes (name, checks, kinds) instead of its zoomed-out
 # "minimal" boxes, which middle-truncate long names ("preprocess…_images").
@@ -175,7 +175,8 @@ def running_webserver(
     with tempfile.TemporaryDirectory(prefix="fruits-dagster-home-") as tmp:
         home = dagster_home or Path(tmp)
         home.mkdir(parents=True, exist_ok=True)
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        if not (home / "dagster.yaml").exists():  # the repository's instance settings
+            shutil.copy(REPO_ROOT / ".dagster_home" / "dagster.yaml", home / "dagster.yaml")
         log_path = Path(tmp) / "webserver.log"
         env = {**os.environ, "DAGSTER_HOME": str(home)}
         base_url = f"http://127.0.0.1:{port}"
