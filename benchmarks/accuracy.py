@@ -24,10 +24,10 @@ def main(argv=None) -> None:
     import pandas as pd
     from sklearn.linear_model import LogisticRegression
 
-    from fruits_assets.featurize import cached_model, featurize_batch, resolve_weights
+    from fruits_assets.featurize import LiteRTFeatures, feature_model, resolve_weights
     from fruits_assets.images import decode_image
     from fruits_assets.pca import fit_pca
-    from fruits_assets.settings import FEATURE_DIM
+    from fruits_assets.constants import FEATURE_DIM
     from fruits_assets.spark_jobs import as_vectors
     from fruits_assets.storage import Storage
 
@@ -45,10 +45,10 @@ def main(argv=None) -> None:
     rows = []
     for size in args.sizes:
         weights = resolve_weights(args.weights, size, Storage())
-        model = cached_model(weights.sha256, size, 0, lambda: weights)
+        model = LiteRTFeatures(feature_model(weights, size).flatbuffer, threads=2)
         images = np.stack([decode_image(open(f.path, "rb").read(), size) for f in listed])
         started = time.perf_counter()
-        features = featurize_batch(model, images)
+        features = model(images)
         seconds = time.perf_counter() - started
         frame = spark.createDataFrame(pd.DataFrame({"features": list(features[train])}), "features array<float>")
         pca = fit_pca(as_vectors(frame).cache(), FEATURE_DIM, int(train.sum()), args.variance, 300)

@@ -57,10 +57,12 @@ def listed_images(root: str | Path, limit: int | None = None):
 def spark_session(cores: int, extra: dict | None = None):
     from pyspark.sql import SparkSession
 
-    from fruits_assets.spark_jobs import local_spark_config
+    from fruits_assets.settings import FruitsSettings
+    from fruits_assets.spark import local_config
 
     builder = SparkSession.builder
-    for key, value in {**local_spark_config(f"local[{cores}]"), **(extra or {})}.items():
+    settings = FruitsSettings(spark_master=f"local[{cores}]").resolve({})
+    for key, value in {**local_config(settings), **(extra or {})}.items():
         builder = builder.config(key, value)
     spark = builder.config("spark.ui.enabled", "false").getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from benchmarks.common import PeakRss, machine, spark_session
-from fruits_assets.settings import FEATURE_DIM
+from fruits_assets.constants import FEATURE_DIM
 
 
 def random_features(spark, rows: int, dim: int, partitions: int):

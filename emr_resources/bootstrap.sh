@@ -72,6 +72,7 @@ import PIL
 import pyarrow
 import sklearn
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 assert sys.version_info[:2] == (3, 11), sys.version
 assert int(pandas.__version__.split(".")[0]) < 3, pandas.__version__

@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import Field
 
 from fruits_assets.errors import FruitsConfigError, clear_errors
-from fruits_assets.featurize import resolve_weights
+from fruits_assets.featurize import feature_model, featurize_frame, resolve_weights
 from fruits_assets.images import MAX_PIXELS
 from fruits_assets.csv_table import CsvTable
 from fruits_assets.listing import list_images
@@ -25,13 +25,13 @@ from fruits_assets.plots import (
 )
 from fruits_assets.quality import evaluate
 from fruits_assets.sample_data import sample_images
-from fruits_assets.settings import FEATURE_DIM, SAMPLE_IMAGES, TRAIN_SPLIT, FruitsSettings, validate_image_size
+from fruits_assets.constants import FEATURE_DIM, SAMPLE_IMAGES, TRAIN_SPLIT
+from fruits_assets.settings import FruitsSettings, validate_image_size
 from fruits_assets.storage import join
 from fruits_assets.versions import PUBLISHED_BY_CHECK
 from fruits_assets.spark_jobs import (
     as_vectors,
-    balanced_for_featurization,
-    featurize_frame,
+    split_for_work,
     preprocess_frame,
     project_frame,
     raw_images_frame,
@@ -137,14 +137,11 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    # Cached: the totals below and the IO manager's write read each file once, not twice.
-    frame = raw_images_frame(spark_for(context, "raw_images"), listed, storage, settings.rows_per_partition).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
-    totals = frame.agg(
-        F.sum("size").alias("bytes"),
-        F.sum(F.col("reason").startswith("unreadable").cast("int")).alias("unreadable"),
-    ).first()
+    spark = spark_for(context, "raw_images")
+    # Cached (the files' bytes, not images): the counts below and the IO manager's write read
+    # each file once, not twice.
+    frame = raw_images_frame(spark, listed, root, storage, settings.rows_per_partition).persist(StorageLevel.MEMORY_AND_DISK)
+    by_stage = {r["stage"]: r for r in frame.groupBy("stage").agg(F.count(F.lit(1)).alias("files"), F.sum("size").alias("bytes")).collect()}
     counts: dict[tuple, int] = {}
     for f in images:
         counts[(f.split, f.label)] = counts.get((f.split, f.label), 0) + 1
@@ -152,18 +149,20 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     labels = sorted({label for _, label in counts})
     table = [[label, *[counts.get((s, label), 0) for s in splits]] for label in labels]
     table.append(["**total**", *[sum(c for (s, _), c in counts.items() if s == split) for split in splits]])
+    usable = by_stage[None]["files"] if None in by_stage else 0
     seconds = round(time.perf_counter() - started, 2)
-    context.log.info(f"raw_images: {len(listed)} files under {root} ({len(images)} images) in {seconds}s")
+    context.log.info(f"raw_images: {len(listed)} files under {root} ({usable} usable images) in {seconds}s")
     yield dg.Output(
         frame,
         metadata={
             "images_root": root,
             "rows": len(listed),
-            "images": len(images),
+            "images": usable,
             "rejected_at_listing": len(listed) - len(images),
-            "unreadable": totals["unreadable"] or 0,
+            "unreadable": by_stage["read"]["files"] if "read" in by_stage else 0,
+            "undecodable": by_stage["decode"]["files"] if "decode" in by_stage else 0,
             "skipped_by_limit": skipped,
-            "total_bytes": totals["bytes"] or 0,
+            "total_bytes": sum(r["bytes"] or 0 for r in by_stage.values()),
             "classes": len(labels),
             "images_per_class": dg.MetadataValue.md(markdown_table(["class", *splits], table)),
             "thumbnails": dg.MetadataValue.md(markdown_image(class_thumbnails(images, storage), "one image per class")),
@@ -198,23 +197,20 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
 @clear_errors
 def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
     """Decoded, RGB, resized images as compact uint8 arrays, and the rejected files."""
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
-    size = settings_of(context).image_size
-    spark_for(context, "preprocessed_images")
-    decoded = preprocess_frame(raw_images, size).persist(StorageLevel.MEMORY_AND_DISK)
-    by_reason = decoded.groupBy("stage", "reason").count().collect()  # a few rows, not images
+    settings = settings_of(context)
+    size = settings.image_size
+    spark = spark_for(context, "preprocessed_images")
+    by_reason = raw_images.groupBy("stage", "reason").count().collect()  # small columns only
     valid = sum(r["count"] for r in by_reason if r["reason"] is None)
-    rejected = [r for r in by_reason if r["reason"] is not None]
+    reasons = sorted(((r["stage"], r["reason"], r["count"]) for r in by_reason if r["reason"] is not None), key=lambda r: -r[2])
+    usable = split_for_work(raw_images.where(F.col("reason").isNull()), valid, spark, settings.rows_per_partition)
     bytes_per_image = size * size * 3
-    seconds = round(time.perf_counter() - started, 2)
-    context.log.info(f"preprocessed_images: {valid} images, {sum(r['count'] for r in rejected)} rejected")
+    context.log.info(f"preprocessed_images: {valid} images, {sum(r[2] for r in reasons)} rejected")
     yield dg.Output(
-        decoded.where(F.col("reason").isNull()).select(
-            "path", "split", "label", "image", F.lit(size).alias("image_size")
-        ),
+        preprocess_frame(usable, size).withColumn("image_size", F.lit(size)),
         output_name="preprocessed_images",
         metadata={
             "rows": valid,
@@ -222,26 +218,22 @@ def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
             "bytes_per_image": bytes_per_image,
             "storage_note": f"uint8 RGB {size}x{size}x3 = {bytes_per_image:,} B/image "
             f"(float32 would be {bytes_per_image * 4:,} B)",
-            "rejected": sum(r["count"] for r in rejected),
+            "rejected": sum(r[2] for r in reasons),
             "rejected_files": dg.MetadataValue.asset(dg.AssetKey("rejected_images")),
             "max_pixels": MAX_PIXELS,
-            "compute_seconds": seconds,
+            "setup_seconds": round(time.perf_counter() - started, 2),
         },
     )
-    reasons = sorted(((r["stage"], r["reason"], r["count"]) for r in rejected), key=lambda r: -r[2])
     yield dg.Output(
-        decoded.where(F.col("reason").isNotNull()).select("path", "split", "label", "reason", "stage"),
+        raw_images.where(F.col("reason").isNotNull()).select("path", "split", "label", "reason", "stage"),
         output_name="rejected_images",
         metadata={
             "rows": sum(r[2] for r in reasons),
             "by_reason": dg.MetadataValue.md(
-                markdown_table(["stage", "reason", "files"], [list(r) for r in reasons])
-                if reasons
-                else "No file rejected."
+                markdown_table(["stage", "reason", "files"], [list(r) for r in reasons]) if reasons else "No file rejected."
             ),
         },
     )
-    decoded.unpersist()
 
 
 # -- image_features -------------------------------------------------------------------------------
@@ -256,21 +248,21 @@ def image_features(context: dg.AssetExecutionContext, preprocessed_images):
         raise FruitsConfigError(f"preprocessed_images holds no images, or mixed sizes: {sizes}")
     size = validate_image_size(sizes[0])
     rows = preprocessed_images.count()
-    weights = resolve_weights(settings.model_weights, size, context.resources.settings.storage())
-    threads = settings.tf_threads or int(spark.conf.get("spark.task.cpus", "1"))
+    storage = context.resources.settings.storage()
+    weights = resolve_weights(settings.model_weights, size, storage)
+    model = feature_model(weights, size, storage, join(settings.assets_uri(), "_models"))
+    threads = settings.model_threads or int(spark.conf.get("spark.task.cpus", "1"))
     features = featurize_frame(
         spark,
-        balanced_for_featurization(preprocessed_images, rows, spark, settings.rows_per_partition),
-        weights,
-        size,
+        split_for_work(preprocessed_images, rows, spark, settings.rows_per_partition),
+        model,
         threads,
         settings.predict_batch_size,
     )
     if not weights.meaningful:
         context.log.warning("image_features: weights=random: these features are NOT meaningful.")
-    import keras
+    import ai_edge_litert
     import pyspark
-    import tensorflow as tf
 
     return dg.Output(
         features,
@@ -281,10 +273,12 @@ def image_features(context: dg.AssetExecutionContext, preprocessed_images):
             "weights": weights.spec,
             "weights_sha256": weights.sha256,
             "weights_meaningful": weights.meaningful,
-            "tf_threads_per_worker": threads,
+            "engine": "LiteRT (XNNPACK, fp32), converted from the Keras model",
+            "litert_model": f"{model.key} ({'cached' if model.from_cache else 'converted in this run'})",
+            "litert_vs_keras_max_abs_diff": model.max_abs_diff if model.max_abs_diff is not None else "cached (checked when converted)",
+            "model_threads_per_worker": threads,
             "predict_batch_size": settings.predict_batch_size,
-            "versions": f"tensorflow {tf.__version__}, keras {keras.__version__}, "
-            f"spark {pyspark.__version__}",
+            "versions": f"ai-edge-litert {ai_edge_litert.__version__}, spark {pyspark.__version__}",
             "setup_seconds": round(time.perf_counter() - started, 2),
         },
     )

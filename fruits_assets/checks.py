@@ -16,7 +16,7 @@ from fruits_assets.assets import (
     preprocessed_images,
     raw_images,
 )
-from fruits_assets.settings import FEATURE_DIM, TRAIN_SPLIT
+from fruits_assets.constants import FEATURE_DIM, TRAIN_SPLIT
 
 # Checks read Spark outputs: on EMR they run on the cluster too (the step launcher).
 SPARK_CHECK_RESOURCES = {"pyspark", "pyspark_step_launcher", "io_manager"}

@@ -25,6 +25,15 @@ class ImageRejected(ValueError):
 
 def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Bytes of a JPEG/PNG -> uint8 array (size, size, 3), RGB; raises ImageRejected."""
+    image = open_image(data, max_pixels)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Bytes of a JPEG/PNG -> the decoded RGB image; raises ImageRejected (the quarantine reason)
+    for anything that is not a usable image."""
     if not data:
         raise ImageRejected("empty file (0 bytes)")
     try:
@@ -46,10 +55,7 @@ def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.nda
         raise ImageRejected(f"possible decompression bomb: {error}") from None
     except Exception as error:  # Pillow raises many types for corrupt data
         raise ImageRejected(f"cannot decode image: {type(error).__name__}: {error}") from None
-    image = to_rgb(image)
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    return to_rgb(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -23,6 +23,7 @@ from dagster import ResourceDependency
 from pydantic import PrivateAttr
 
 from fruits_assets.errors import FruitsConfigError, config_errors_fail_once, spark_filesystem_errors
+from fruits_assets.progress import SparkProgress
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.spark import SparkResource
 from fruits_assets.storage import Storage, join
@@ -145,7 +146,12 @@ class FruitsIOManager(dg.ConfigurableIOManager):
             place.write_bytes("value.json", json.dumps(obj, indent=1).encode())
             return {"format": "json"}, {}
         if _is_spark_frame(obj):
-            with spark_filesystem_errors(place.uri):
+            # Spark is lazy: the whole stage runs now, so this is where its progress is told.
+            rows = _metadata_number(context.output_metadata.get("rows"))
+            log = context.log.info if context.has_asset_key and context.step_context else print
+            with spark_filesystem_errors(place.uri), SparkProgress(
+                obj.sparkSession, log, context.asset_key.to_user_string(), rows
+            ):
                 obj.write.mode("overwrite").parquet(place.uri)
             return {"format": "parquet"}, {}
         raise dg.DagsterInvariantViolationError(

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from fruits_assets.errors import FruitsConfigError
-from fruits_assets.settings import TRAIN_SPLIT
+from fruits_assets.constants import TRAIN_SPLIT
 
 
 @dataclass

@@ -20,14 +20,10 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from fruits_assets.constants import EU_REGION, SAMPLE_IMAGES, SUPPORTED_IMAGE_SIZES
 from fruits_assets.errors import FruitsConfigError
 
-SUPPORTED_IMAGE_SIZES = (96, 128, 160, 192, 224)
 DEPLOYMENTS = ("local", "emr")
-EU_REGION = "eu-west-1"  # the start-up's GDPR choice: data stays in Ireland
-FEATURE_DIM = 1280  # MobileNetV2 alpha=1.0, avg-pooled
-TRAIN_SPLIT = "Training"  # Fruits-360's own name for the training folder
-SAMPLE_IMAGES = "sample"  # images_root value meaning: the generated synthetic sample
 
 
 def setting(env: str, default: Any, help: str):
@@ -78,8 +74,8 @@ class FruitsSettings(dg.ConfigurableResource):
     model_weights: str | None = setting(
         "FRUITS_MODEL_WEIGHTS", "imagenet", "'imagenet', a path or s3:// URI of a weights file, or 'random' (smoke tests)."
     )
-    predict_batch_size: int | None = setting("FRUITS_PREDICT_BATCH_SIZE", 32, "Images per MobileNetV2 call.")
-    tf_threads: int | None = setting("FRUITS_TF_THREADS", 0, "Model threads per Python worker (0 = spark.task.cpus).")
+    predict_batch_size: int | None = setting("FRUITS_PREDICT_BATCH_SIZE", 4, "Images per MobileNetV2 (LiteRT) call.")
+    model_threads: int | None = setting("FRUITS_MODEL_THREADS", 0, "Model threads per Python worker (0 = spark.task.cpus).")
     arrow_batch_rows: int | None = setting("FRUITS_ARROW_BATCH_ROWS", 256, "Rows per Arrow batch to a Python worker.")
     rows_per_partition: int | None = setting("FRUITS_ROWS_PER_PARTITION", 250, "Rows per Spark partition (about).")
     pca_variance: float | None = setting("FRUITS_PCA_VARIANCE", 0.95, "PCA explained-variance target, in (0, 1].")

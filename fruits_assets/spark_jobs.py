@@ -6,14 +6,12 @@ partition (`toLocalIterator`).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator
 
 import pandas as pd
 
-from fruits_assets.featurize import Weights, cached_model, featurize_batch
-from fruits_assets.images import ImageRejected, array_to_bytes, bytes_to_batch, decode_image
+from fruits_assets.images import ImageRejected, array_to_bytes, decode_image, open_image
 from fruits_assets.listing import ListedFile
 
 def task_slots(spark) -> int:
@@ -31,145 +29,115 @@ def partitions_for(rows: int, spark, rows_per_partition: int) -> int:
     return max(1, min(math.ceil(wanted / slots) * slots, max(rows, 1)))
 
 
-def balanced_for_featurization(images, rows: int, spark, rows_per_partition: int):
-    """`images` as they are when their partitions already keep every task slot busy (a Parquet
-    read gives byte-balanced splits), else repartitioned: a shuffle moves every image's bytes
-    through the JVM once more, measured at ~10% of the Spark path's CPU at 224 px."""
-    slots = task_slots(spark)
-    partitions = images.rdd.getNumPartitions()
-    if partitions % slots == 0 or partitions >= 4 * slots:
-        return images
-    return images.repartition(partitions_for(rows, spark, rows_per_partition))
+def split_for_work(stored, rows: int, spark, rows_per_partition: int):
+    """A stored (Parquet) stage read in partitions of about `rows_per_partition` rows: every core
+    busy to the end, and progress reported a partition at a time.
+
+    Each file the previous stage wrote holds about that many rows (one per task); asking Spark
+    for at least that many partitions (`spark.sql.files.minPartitionNum`) makes each file its
+    own partition, without a shuffle (which would move every image's bytes once more). Only
+    when the files are fewer (written otherwise) is the frame repartitioned.
+    """
+    wanted = partitions_for(rows, spark, rows_per_partition)
+    spark.conf.set("spark.sql.files.minPartitionNum", str(wanted))
+    if stored.rdd.getNumPartitions() * 2 >= wanted:
+        return stored
+    return stored.repartition(wanted)
 
 
 # -- raw_images --------------------------------------------------------------------------------
-RAW_SCHEMA = "path string, split string, label string, reason string, size long, content binary"
+RAW_SCHEMA = "path string, split string, label string, reason string, stage string, size long, content binary"
+LISTING_SCHEMA = "path string, split string, label string, reason string"
 
 
-def raw_images_frame(spark, listed: list[ListedFile], storage, rows_per_partition: int):
-    """Listed files -> DataFrame with each file's bytes, read by the executors (not the driver)."""
-    listing = pd.DataFrame(
-        {
-            "path": [f.path for f in listed],
-            "split": [f.split for f in listed],
-            "label": [f.label for f in listed],
-            "reason": [f.reason for f in listed],
-        }
-    )
-    frame = spark.createDataFrame(listing, "path string, split string, label string, reason string")
-    frame = frame.repartition(partitions_for(len(listed), spark, rows_per_partition))
+def raw_images_frame(spark, listed: list[ListedFile], root: str, storage, rows_per_partition: int):
+    """Listed files -> a DataFrame of each file's bytes and, for a file that is not a usable
+    image, why (stage `listing`, `read` or `decode`).
 
-    def read(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    The bytes are read by Spark itself (its `binaryFile` source, in the JVM) where it can read the
+    root (local folders; s3:// on EMR); a file it does not return (an empty file, a dangling
+    link), or every file where Spark cannot read the root (s3:// with pyspark from PyPI), is read
+    by the Python workers through boto3 or the OS, which say why when they cannot. Only the
+    driver's listing decides which files there are: none is dropped.
+    """
+    from pyspark.sql import functions as F
+
+    # From pandas (Arrow): a local relation in the JVM, no Python job to build it.
+    columns = {"path": [f.path for f in listed], "split": [f.split for f in listed], "label": [f.label for f in listed]}
+    listing = spark.createDataFrame(pd.DataFrame({**columns, "reason": [f.reason for f in listed]}), LISTING_SCHEMA)
+    contents = _spark_read_bytes(spark, root)
+    if contents is not None:
+        # Every listed file stays, with or without its bytes; a file Spark sees but the listing
+        # does not (added since) is left out.
+        frame = listing.join(contents, "path", "left")
+    else:
+        frame = listing.repartition(partitions_for(len(listed), spark, rows_per_partition))
+        frame = frame.withColumn("content", F.lit(None).cast("binary"))
+    columns = frame.select("path", "split", "label", "reason", "content")
+    return columns.mapInPandas(_checked_with(storage), RAW_SCHEMA)
+
+
+def _spark_read_bytes(spark, root: str):
+    """(path, content) of every file under `root` read by Spark, or None if this Spark cannot
+    read that file system (pyspark from PyPI and s3://)."""
+    from pyspark.sql import functions as F
+
+    try:
+        files = (
+            spark.read.format("binaryFile")
+            .option("recursiveFileLookup", "true")
+            .option("ignoreMissingFiles", "true")
+            .option("ignoreCorruptFiles", "true")
+            .load(root)
+        )
+    except Exception as error:
+        if "No FileSystem for scheme" in str(error) or "UnsupportedFileSystemException" in str(error):
+            return None
+        raise
+    # Spark names local files file:/...; the listing names them as the operating system does.
+    return files.select(F.regexp_replace("path", "^file:", "").alias("path"), "content")
+
+
+def _checked_with(storage):
+    def check(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        """Each listed file's rejection reason, if any: from the listing, unreadable, or not a
+        usable image (decoded once here, so later stages only see images that decode)."""
         for batch in batches:
-            contents, sizes, reasons = [], [], []
-            for path, reason in zip(batch["path"], batch["reason"]):
-                data = None
+            reasons, stages, sizes, contents = [], [], [], []
+            for path, reason, content in zip(batch["path"], batch["reason"], batch["content"]):
+                stage = None if reason is None else "listing"
+                if reason is None and content is None:
+                    try:
+                        content = storage.read_bytes(path)
+                    except Exception as error:  # unreadable file: quarantined, with the error
+                        reason, stage = f"unreadable file: {type(error).__name__}: {error}", "read"
                 if reason is None:
                     try:
-                        data = storage.read_bytes(path)
-                    except Exception as error:  # unreadable file: quarantine, do not crash
-                        reason = f"unreadable file: {type(error).__name__}: {error}"
-                contents.append(data)
-                sizes.append(len(data) if data is not None else None)
+                        open_image(content)
+                    except ImageRejected as rejected:
+                        reason, stage = str(rejected), "decode"
                 reasons.append(reason)
-            yield batch.assign(reason=reasons, size=sizes, content=contents)
+                stages.append(stage)
+                sizes.append(len(content) if content is not None else None)
+                contents.append(content)
+            yield batch.assign(reason=reasons, stage=stages, size=sizes, content=contents)
 
-    return frame.mapInPandas(read, RAW_SCHEMA)
+    return check
 
 
 # -- preprocessed_images ------------------------------------------------------------------------
-DECODED_SCHEMA = (
-    "path string, split string, label string, image binary, reason string, stage string"
-)
+PREPROCESSED_SCHEMA = "path string, split string, label string, image binary"
 
 
-def preprocess_frame(raw, image_size: int):
-    """Decode, convert to RGB and resize every listed image; rows that fail carry the reason."""
+def preprocess_frame(images, image_size: int):
+    """Decode, convert to RGB and resize every image (rows `raw_images` found decodable)."""
 
     def decode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            images, reasons, stages = [], [], []
-            for content, reason in zip(batch["content"], batch["reason"]):
-                image, stage = None, None
-                if reason is not None:
-                    stage = "listing"
-                else:
-                    try:
-                        image = array_to_bytes(decode_image(content, image_size))
-                    except ImageRejected as rejected:
-                        reason, stage = str(rejected), "decode"
-                images.append(image)
-                reasons.append(reason)
-                stages.append(stage)
-            yield pd.DataFrame(
-                {
-                    "path": batch["path"],
-                    "split": batch["split"],
-                    "label": batch["label"],
-                    "image": images,
-                    "reason": reasons,
-                    "stage": stages,
-                }
-            )
+            arrays = [array_to_bytes(decode_image(content, image_size)) for content in batch["content"]]
+            yield pd.DataFrame({"path": batch["path"], "split": batch["split"], "label": batch["label"], "image": arrays})
 
-    return raw.select("path", "split", "label", "reason", "content").mapInPandas(
-        decode, DECODED_SCHEMA
-    )
-
-
-# -- image_features -----------------------------------------------------------------------------
-FEATURES_SCHEMA = "path string, split string, label string, features array<float>"
-
-
-# Marks the Python functions of featurization. PySpark keeps one pool of Python workers per
-# distinct worker environment, so featurization gets its own workers: without it, the workers that
-# read and decode images in the same session would also take featurization tasks, and every one of
-# them would import TensorFlow and build a model (measured: 4-6 models instead of one per core).
-FEATURIZE_WORKER_ENV = ("FRUITS_WORKER_POOL", "featurize")
-
-
-@contextlib.contextmanager
-def _worker_pool(sc, name: str, value: str):
-    previous = sc.environment.get(name)
-    sc.environment[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            sc.environment.pop(name, None)
-        else:
-            sc.environment[name] = previous
-
-
-def featurize_frame(spark, images, weights: Weights, image_size: int, threads: int, batch_size: int):
-    """MobileNetV2 features of every preprocessed image.
-
-    The weights go to the executors once, as a broadcast; each Python worker of the featurization
-    pool builds the model once (`cached_model`) and reuses it for every batch and task it runs.
-    """
-    broadcast = spark.sparkContext.broadcast(weights.data)
-    spec, sha256, suffix = weights.spec, weights.sha256, weights.suffix
-
-    def featurize(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        model = cached_model(
-            sha256, image_size, threads, lambda: Weights(spec, sha256, suffix, broadcast.value)
-        )
-        for batch in batches:
-            vectors = featurize_batch(model, bytes_to_batch(batch["image"], image_size), batch_size)
-            yield pd.DataFrame(
-                {
-                    "path": batch["path"],
-                    "split": batch["split"],
-                    "label": batch["label"],
-                    "features": list(vectors),
-                }
-            )
-
-    # The worker environment is captured when the Python function is wrapped, i.e. here.
-    with _worker_pool(spark.sparkContext, *FEATURIZE_WORKER_ENV):
-        return images.select("path", "split", "label", "image").mapInPandas(
-            featurize, FEATURES_SCHEMA
-        )
+    return images.select("path", "split", "label", "content").mapInPandas(decode, PREPROCESSED_SCHEMA)
 
 
 def as_vectors(features):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fruits_assets.errors import FruitsConfigError, StorageUnreachableError
-from fruits_assets.settings import EU_REGION
+from fruits_assets.constants import EU_REGION
 
 
 def is_s3(uri: str) -> bool:

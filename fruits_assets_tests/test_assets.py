@@ -15,7 +15,8 @@ from fruits_assets.assets import (
 )
 from fruits_assets.csv_table import CsvTable
 from fruits_assets.resources import fruits_resources
-from fruits_assets.settings import FEATURE_DIM, FruitsSettings
+from fruits_assets.constants import FEATURE_DIM
+from fruits_assets.settings import FruitsSettings
 from fruits_assets_tests.helpers import TEST_MASTER
 
 

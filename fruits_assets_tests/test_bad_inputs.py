@@ -82,7 +82,7 @@ def test_every_bad_file_is_quarantined_with_its_reason(dirty_run):
     assert result.success
     rejected = {Path(r.path).relative_to(root).as_posix(): r for r in load(out, "rejected_images").collect()}
     expected = {rel: exp for rel, (_, exp) in CASES.items() if exp is not None}
-    expected[UNREADABLE] = ("listing", "unreadable file: FileNotFoundError")
+    expected[UNREADABLE] = ("read", "unreadable file: FileNotFoundError")
     assert set(rejected) == set(expected)
     for rel, (stage, fragment) in expected.items():
         assert rejected[rel].stage == stage, rel

@@ -1,13 +1,16 @@
-"""Resolving MobileNetV2 weights and featurizing batches in one process, without Spark."""
+"""Resolving MobileNetV2 weights, converting the Keras model to LiteRT, and featurizing batches,
+without Spark; a worker process featurizes without importing TensorFlow."""
 
 import hashlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from fruits_assets.featurize import featurize_batch, load_model, resolve_weights
+from fruits_assets.featurize import LiteRTFeatures, feature_model, load_model, resolve_weights
 from fruits_assets.errors import FruitsConfigError
-from fruits_assets.settings import FEATURE_DIM
+from fruits_assets.constants import FEATURE_DIM
 from fruits_assets.storage import Storage
 
 
@@ -25,7 +28,7 @@ def test_imagenet_offline_gives_one_clear_error():
         message = str(error)
         assert "FRUITS_MODEL_WEIGHTS" in message and "random" in message
     else:
-        pytest.skip(f"this machine could get ImageNet weights ({weights.identity}): not offline")
+        pytest.skip(f"this machine could get ImageNet weights ({weights.sha256[:16]}): not offline")
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
@@ -37,7 +40,7 @@ def test_unreadable_weights_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.weights.h5"
     bad.write_text("not hdf5")
     with pytest.raises(FruitsConfigError, match="not usable MobileNetV2"):
-        resolve_weights(str(bad), 96, Storage())
+        feature_model(resolve_weights(str(bad), 96, Storage()), 96)
 
 
 def test_real_weights_file_is_identified_by_its_sha256(shared_weights):
@@ -46,13 +49,44 @@ def test_real_weights_file_is_identified_by_its_sha256(shared_weights):
     assert weights.meaningful
 
 
-def test_featurize_batch_gives_1280_finite_values_per_image_in_any_batch_size(shared_weights):
+def test_litert_features_equal_keras_in_any_batch_size(shared_weights):
+    """The converted model gives Keras' features (<= 1e-4) whatever the batch size."""
     weights = resolve_weights(str(shared_weights), 96, Storage())
-    model = load_model(weights, 96)
+    model = feature_model(weights, 96)
+    assert not model.from_cache and model.max_abs_diff <= 1e-4
     images = np.random.default_rng(0).integers(0, 255, (5, 96, 96, 3), dtype=np.uint8)
-    whole = featurize_batch(model, images, batch_size=64)
-    pieces = featurize_batch(model, images, batch_size=2)
+    features = LiteRTFeatures(model.flatbuffer)
+    whole, pieces = features(images, batch_size=64), features(images, batch_size=2)
     assert whole.shape == (5, FEATURE_DIM) and whole.dtype == np.float32
     assert np.isfinite(whole).all() and whole.max() > 0.01
-    np.testing.assert_allclose(whole, pieces, atol=1e-4)
-    assert featurize_batch(model, images[:0]).shape == (0, FEATURE_DIM)
+    np.testing.assert_array_equal(whole, pieces)
+    keras_features = load_model(weights, 96).predict(images.astype(np.float32) / 127.5 - 1.0, verbose=0)
+    assert np.abs(whole - keras_features).max() <= 1e-4
+    assert features(images[:0]).shape == (0, FEATURE_DIM)
+
+
+def test_the_converted_model_is_cached_by_content(tmp_path):
+    weights, storage = resolve_weights("random", 96, Storage()), Storage()
+    first = feature_model(weights, 96, storage, str(tmp_path / "_models"))
+    again = feature_model(weights, 96, storage, str(tmp_path / "_models"))
+    assert not first.from_cache and again.from_cache and again.flatbuffer == first.flatbuffer
+    assert [p.name for p in (tmp_path / "_models").iterdir()] == [f"{first.key}.tflite"]
+    assert feature_model(resolve_weights("random", 128, Storage()), 128, storage, str(tmp_path / "_models")).key != first.key
+
+
+def test_a_worker_featurizes_without_tensorflow(tmp_path):
+    """What a Spark Python worker does: build the interpreter from the flatbuffer bytes and run
+    it, in a process that never imports TensorFlow."""
+    model = feature_model(resolve_weights("random", 96, Storage()), 96)
+    (tmp_path / "model.tflite").write_bytes(model.flatbuffer)
+    code = (
+        "import sys, numpy as np\n"
+        "from fruits_assets.featurize import LiteRTFeatures\n"
+        f"features = LiteRTFeatures(open({str(tmp_path / 'model.tflite')!r}, 'rb').read())\n"
+        "out = features(np.zeros((3, 96, 96, 3), np.uint8))\n"
+        "assert out.shape == (3, 1280) and np.isfinite(out).all()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'dagster')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", result.stdout

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from fruits_assets.settings import FEATURE_DIM
+from fruits_assets.constants import FEATURE_DIM
 import dagster as dg
 
 from fruits_assets_tests.helpers import (
@@ -107,3 +107,44 @@ def test_rematerializing_replaces_the_previous_output(spark, sample_root, tmp_pa
     assert versions() == sorted(made[1:]), "the oldest version is deleted"
     assert io_manager(tmp_path).current(dg.AssetKey("raw_images"))["version"] == made[-1]
     assert load(tmp_path, "raw_images").count() == 8 * (3 + 2)  # 4 Training + 2 Test per class
+
+
+def test_long_stages_tell_their_progress_in_the_run_log(spark, tmp_path):
+    """A run with several partitions: the run log shows rows done / total, rows/s and an ETA
+    while a stage runs, and a line when it ends (what the CLI prints and the UI's run log shows)."""
+    from fruits_assets.sample_data import generate_sample
+
+    images = generate_sample(tmp_path / "images", 30, 10)  # 320 images, 16 partitions of 20
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize(
+        tmp_path / "out", run_config(images, image_size=224, rows_per_partition=20),
+        selection=["raw_images", "preprocessed_images", "rejected_images", "image_features"], instance=instance,
+    )
+    assert result.success
+    messages = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
+    progress = [m for m in messages if m.startswith("image_features: ") and "rows (" in m]
+    assert progress, [m for m in messages if "rows" in m]
+    assert all("/320 rows" in m and "rows/s" in m and "/16 tasks" in m for m in progress), progress
+    assert any("ETA" in m for m in progress)
+    assert any(m.startswith("image_features: done, 320 rows in") for m in messages)
+
+
+def test_progress_lines_follow_the_tasks(spark):
+    """Every 10% of a job's tasks (here 10 slow partitions), from Spark's status tracker."""
+    import time as clock
+
+    from fruits_assets.progress import SparkProgress
+
+    def slow(batches):
+        for batch in batches:
+            clock.sleep(0.4)
+            yield batch
+
+    frame = spark.range(0, 100, numPartitions=10).mapInPandas(slow, "id long")
+    lines = []
+    with SparkProgress(spark, lines.append, "slow", 100, poll=0.05):
+        assert frame.count() == 100
+    assert len(lines) >= 4, lines
+    assert lines[-1].startswith("slow: done, 100 rows in")
+    reported = [int(line.split(": ")[1].split("/")[0]) for line in lines[:-1]]
+    assert reported == sorted(reported) and reported[0] < 100
