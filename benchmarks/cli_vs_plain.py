@@ -5,7 +5,8 @@ same photos, size, weights and cores, measured in one run, interleaved.
 
 For each N and size, in turn (repeated --repeat times):
 - `dagster asset materialize -m fruits_assets.definitions --select '*image_features,rejected_images'`
-  (a fresh output folder and DAGSTER_HOME each time, so the LiteRT conversion is in the clock);
+  on a fresh output folder and DAGSTER_HOME ("cold": a new user's first run, the LiteRT conversion
+  in the clock), then again on the same folder ("warm": a later run, the conversion cached);
 - `python -m benchmarks.plain keras` (the plain Keras loop, its start-up included);
 - `python -m benchmarks.plain litert` (the plain LiteRT loop, on a flatbuffer converted
   beforehand, its start-up included).
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -172,26 +174,30 @@ def main(argv=None) -> None:
                     litert = run([python, "-m", "benchmarks.plain", "litert", "--images", str(folder), "--size", str(size),
                                   "--model", str(tflite)], env, tmp / "litert.log")
                     litert.update(json.loads((tmp / "litert.log").read_text().strip().splitlines()[-1]))
-                    cli = run([dagster, "asset", "materialize", "-m", "fruits_assets.definitions", "--select", SELECT],
-                              env, tmp / "cli.log")
-                    log = (tmp / "cli.log").read_text()
-                    done = re.search(r"image_features: done, (\d+) rows in (\d+) s, ([\d.]+)/s", log)
-                    cli.update(stages=stage_seconds(tmp / "home"), featurize_img_per_s=float(done.group(3)) if done else None)
-                    row = {"images": count, "size": size, "attempt": attempt, "keras": keras, "litert": litert, "cli": cli}
-                    results.append(row)
-                    print(json.dumps(row), flush=True)
+                    for state in ("cold", "warm"):
+                        shutil.rmtree(tmp / "home")
+                        (tmp / "home").mkdir()
+                        cli = run([dagster, "asset", "materialize", "-m", "fruits_assets.definitions", "--select", SELECT],
+                                  env, tmp / "cli.log")
+                        log = (tmp / "cli.log").read_text()
+                        done = re.search(r"image_features: done, (\d+) rows in (\d+) s, ([\d.]+)/s", log)
+                        cli.update(stages=stage_seconds(tmp / "home"), featurize_img_per_s=float(done.group(3)) if done else None)
+                        row = {"images": count, "size": size, "run": state, "attempt": attempt,
+                               "keras": keras, "litert": litert, "cli": cli}
+                        results.append(row)
+                        print(json.dumps(row), flush=True)
 
     print(f"\nmachine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}; load average now {os.getloadavg()[0]:.1f}")
-    print("| images | size | plain Keras img/s | plain LiteRT img/s | pipeline img/s | **vs Keras** | vs LiteRT "
+    print("| images | size | run | plain Keras img/s | plain LiteRT img/s | pipeline img/s | **vs Keras** | vs LiteRT "
           "| featurization img/s (vs LiteRT loop) | stages (s) | peak RSS MB: CLI / JVM / Python worker |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in results:
         n, keras, litert, cli = row["images"], row["keras"], row["litert"], row["cli"]
         k, lt, p = n / keras["wall"], n / litert["wall"], n / cli["wall"]
         feat = cli["featurize_img_per_s"]
         rss_ = cli["peak_rss_mb"]
         print(
-            f"| {n} | {row['size']} | {k:.1f} ({keras['wall']:.0f} s) | {lt:.1f} ({litert['wall']:.0f} s) | "
+            f"| {n} | {row['size']} | {row['run']} | {k:.1f} ({keras['wall']:.0f} s) | {lt:.1f} ({litert['wall']:.0f} s) | "
             f"{p:.1f} ({cli['wall']:.0f} s) | **{p / k:.2f}x** | {p / lt:.2f}x | "
             f"{feat} ({feat / litert['loop_img_per_s']:.2f}x) | "
             f"{', '.join(f'{s}: {v}' for s, v in cli['stages'].items())} | "
