@@ -1,8 +1,8 @@
 """The asset graph: thin assets over the plain functions of the other modules.
 
-raw_images -> preprocessed_images (+ rejected_images) -> image_features -> pca_model -> pca_features_csv
+raw_images -> preprocessed_images -> image_features -> pca_model -> pca_features_csv -> pca_quality
+           -> rejected_images
 """
-
 
 import time
 
@@ -10,39 +10,36 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from fruits_assets.errors import FruitsConfigError, clear_errors
-from fruits_assets.featurize import feature_model, featurize_frame, resolve_weights
-from fruits_assets.images import MAX_PIXELS
+from fruits_assets.constants import FEATURE_DIM, TRAIN_SPLIT
 from fruits_assets.csv_table import CsvTable
-from fruits_assets.listing import list_images
+from fruits_assets.errors import FruitsConfigError, clear_errors
+from fruits_assets.featurize import FEATURE_COLUMNS, feature_model, featurize_frame, model_key, resolve_weights
+from fruits_assets.images import MAX_PIXELS
+from fruits_assets.listing import images_root, list_images
 from fruits_assets.pca import PcaModel, fit_pca
-from fruits_assets.plots import (
-    confusion_plot,
-    markdown_image,
-    scatter_plot,
-    scree_plot,
-    thumbnail_sheet,
-)
+from fruits_assets.plots import class_thumbnails, confusion_plot, markdown_image, markdown_table, scatter_plot, scree_plot
 from fruits_assets.quality import evaluate
-from fruits_assets.sample_data import sample_images
-from fruits_assets.constants import FEATURE_DIM, SAMPLE_IMAGES, TRAIN_SPLIT
 from fruits_assets.settings import FruitsSettings, validate_image_size
-from fruits_assets.storage import join
-from fruits_assets.versions import PUBLISHED_BY_CHECK
 from fruits_assets.spark_jobs import (
+    PREPROCESSED_COLUMNS,
     as_vectors,
-    split_for_work,
+    increments,
     preprocess_frame,
     project_frame,
     raw_images_frame,
+    reused_and_new,
+    split_for_work,
 )
+from fruits_assets.storage import join
+from fruits_assets.versions import PUBLISHED_BY_CHECK
 
 GROUP = "fruits"
 # Steps that talk to S3 or EMR retry transient faults (throttling, a dropped connection, a lost
 # Spot node) with backoff; a configuration error (dg.Failure with allow_retries=False) is not
 # retried.
 S3_RETRY = dg.RetryPolicy(max_retries=2, delay=5.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
-# Every Spark asset: on EMR, the step launcher runs it on the cluster.
+# Every Spark asset: on EMR, the step launcher runs it on the cluster. (The IO manager of its
+# outputs is in context.resources too: Dagster gives a step the resources of its outputs.)
 SPARK_RESOURCES = {"settings", "pyspark", "pyspark_step_launcher"}
 
 
@@ -67,17 +64,23 @@ def settings_of(context) -> FruitsSettings:
     return context.resources.settings.resolved()
 
 
+def previous_version(context, asset: str, *columns: str):
+    """The asset's version that was current when this run started, if it has these columns
+    (a version written before them cannot be reused): what an incremental asset starts from."""
+    io_manager = getattr(context.resources, "io_manager", None)
+    if not hasattr(io_manager, "started_with"):  # invoked directly (a test): nothing to reuse
+        return None
+    previous = io_manager.started_with(asset, context.run.run_id)
+    if previous is None or not set(columns) <= set(previous.columns):
+        return None
+    return previous
+
+
 def spark_for(context: dg.AssetExecutionContext, name: str):
     """The Spark session, with jobs labelled by asset in the Spark UI."""
     spark = context.resources.pyspark.spark_session
     spark.sparkContext.setJobDescription(f"fruits: {name}")
     return spark
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 # -- raw_images ---------------------------------------------------------------------------------
@@ -89,44 +92,13 @@ class RawImagesConfig(dg.Config):
     )
 
 
-THUMBNAIL_CLASSES = 24
-
-
-def class_thumbnails(images, storage) -> bytes:
-    """The first image of the first classes (a few small reads on the driver, not the data set)."""
-    first: dict[str, str] = {}
-    for f in images:
-        if f.label not in first and len(first) < THUMBNAIL_CLASSES:
-            first[f.label] = f.path
-    samples = []
-    for label, path in sorted(first.items()):
-        try:
-            samples.append((label, storage.read_bytes(path)))
-        except Exception:  # unreadable: it is quarantined downstream; show the name only
-            samples.append((label, b""))
-    return thumbnail_sheet(samples)
-
-
-def resolve_images_root(settings: FruitsSettings, storage) -> str:
-    root = settings.images_root.strip()
-    if root == SAMPLE_IMAGES:
-        return sample_images(join(settings.assets_uri(), "sample_images"), storage)
-    if not storage.root_exists(root):
-        raise FruitsConfigError(
-            f"Images root {root!r} does not exist or is empty: set FRUITS_IMAGES_ROOT (or the "
-            "raw_images `images_root` config) to a folder or s3:// URI laid out as "
-            "<split>/<Class Name>/<file>.jpg, or to 'sample'."
-        )
-    return root
-
-
 @spark_asset(kinds={"spark", "python"})
 def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     """Every file under the images root: path, split, class label and bytes."""
     started = time.perf_counter()
     settings = settings_of(context)
     storage = context.resources.settings.storage()
-    root = resolve_images_root(settings, storage)
+    root = images_root(settings.images_root, settings.assets_uri(), storage)
     listed, skipped = list_images(storage, root, settings.limit_per_class, config.splits)
     images = [f for f in listed if f.reason is None]
     if not images:
@@ -140,8 +112,16 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     spark = spark_for(context, "raw_images")
     # Cached (the files' bytes, not images): the counts below and the IO manager's write read
     # each file once, not twice.
-    frame = raw_images_frame(spark, listed, root, storage, settings.rows_per_partition).persist(StorageLevel.MEMORY_AND_DISK)
-    by_stage = {r["stage"]: r for r in frame.groupBy("stage").agg(F.count(F.lit(1)).alias("files"), F.sum("size").alias("bytes")).collect()}
+    previous = previous_version(context, "raw_images", "fingerprint")
+    known = {}
+    if previous is not None:  # path -> (fingerprint, reason, stage): small columns only
+        for row in previous.where("fingerprint IS NOT NULL").select("path", "fingerprint", "reason", "stage").collect():
+            known[row.path] = (row.fingerprint, row.reason, row.stage)
+    frame = raw_images_frame(spark, listed, root, storage, settings.rows_per_partition, known).persist(StorageLevel.MEMORY_AND_DISK)
+    rows = frame.groupBy("stage", "checked").agg(F.count(F.lit(1)).alias("files"), F.sum("size").alias("bytes")).collect()
+    by_stage: dict = {}
+    for row in rows:
+        by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + row["files"]
     counts: dict[tuple, int] = {}
     for f in images:
         counts[(f.split, f.label)] = counts.get((f.split, f.label), 0) + 1
@@ -149,7 +129,8 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     labels = sorted({label for _, label in counts})
     table = [[label, *[counts.get((s, label), 0) for s in splits]] for label in labels]
     table.append(["**total**", *[sum(c for (s, _), c in counts.items() if s == split) for split in splits]])
-    usable = by_stage[None]["files"] if None in by_stage else 0
+    usable = by_stage.get(None, 0)
+    decoded = sum(r["files"] for r in rows if r["checked"])
     seconds = round(time.perf_counter() - started, 2)
     context.log.info(f"raw_images: {len(listed)} files under {root} ({usable} usable images) in {seconds}s")
     yield dg.Output(
@@ -159,10 +140,12 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
             "rows": len(listed),
             "images": usable,
             "rejected_at_listing": len(listed) - len(images),
-            "unreadable": by_stage["read"]["files"] if "read" in by_stage else 0,
-            "undecodable": by_stage["decode"]["files"] if "decode" in by_stage else 0,
+            "unreadable": by_stage.get("read", 0),
+            "undecodable": by_stage.get("decode", 0),
+            "decoded_to_check": decoded,
+            "checks_reused": sum(r["files"] for r in rows if not r["checked"] and r["stage"] in (None, "decode")),
             "skipped_by_limit": skipped,
-            "total_bytes": sum(r["bytes"] or 0 for r in by_stage.values()),
+            "total_bytes": sum(r["bytes"] or 0 for r in rows),
             "classes": len(labels),
             "images_per_class": dg.MetadataValue.md(markdown_table(["class", *splits], table)),
             "thumbnails": dg.MetadataValue.md(markdown_image(class_thumbnails(images, storage), "one image per class")),
@@ -173,60 +156,64 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
 
 
 # -- preprocessed_images, rejected_images ---------------------------------------------------------
-@dg.multi_asset(
-    outs={
-        "preprocessed_images": dg.AssetOut(
-            group_name=GROUP,
-            kinds={"spark"},
-            code_version="1",
-            description="Decoded, RGB, resized images as compact uint8 arrays.",
-            metadata={PUBLISHED_BY_CHECK: "counts_reconcile"},
-        ),
-        "rejected_images": dg.AssetOut(
-            group_name=GROUP,
-            kinds={"spark"},
-            code_version="1",
-            description="Quarantine: every listed file that is not a usable image, and why.",
-            metadata={PUBLISHED_BY_CHECK: "counts_reconcile"},
-        ),
-    },
-    ins={"raw_images": dg.AssetIn()},
-    required_resource_keys=SPARK_RESOURCES,
-    retry_policy=S3_RETRY,
-)
-@clear_errors
+def rejections(raw_images) -> list[tuple]:
+    """(stage, reason, files) of the rejected files, most frequent first (a job on two small
+    columns of raw_images, not on the images)."""
+    counts = raw_images.where("reason IS NOT NULL").groupBy("stage", "reason").count().collect()
+    return sorted(((r["stage"], r["reason"], r["count"]) for r in counts), key=lambda r: -r[2])
+
+
+@spark_asset(kinds={"spark"}, metadata={PUBLISHED_BY_CHECK: "counts_reconcile"})
 def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
-    """Decoded, RGB, resized images as compact uint8 arrays, and the rejected files."""
+    """Decoded, RGB, resized images as compact uint8 arrays."""
     from pyspark.sql import functions as F
 
     started = time.perf_counter()
     settings = settings_of(context)
     size = settings.image_size
     spark = spark_for(context, "preprocessed_images")
-    by_reason = raw_images.groupBy("stage", "reason").count().collect()  # small columns only
-    valid = sum(r["count"] for r in by_reason if r["reason"] is None)
-    reasons = sorted(((r["stage"], r["reason"], r["count"]) for r in by_reason if r["reason"] is not None), key=lambda r: -r[2])
-    usable = split_for_work(raw_images.where(F.col("reason").isNull()), valid, spark, settings.rows_per_partition)
+    usable = raw_images.where(F.col("reason").isNull())
+    valid = usable.count()  # a small column: Parquet reads it alone
+    rejected = sum(r[2] for r in rejections(raw_images))
+    # Incremental: an image whose path and bytes are unchanged, at the same size, keeps its arrays.
+    previous = previous_version(context, "preprocessed_images", "fingerprint")
+    if previous is not None:
+        previous = previous.where(F.col("image_size") == size).select(*PREPROCESSED_COLUMNS)
+    reused, new = reused_and_new(previous, usable, ["path", "fingerprint"])
+    counts = increments(reused, new, previous)
     bytes_per_image = size * size * 3
-    context.log.info(f"preprocessed_images: {valid} images, {sum(r[2] for r in reasons)} rejected")
-    yield dg.Output(
-        preprocess_frame(usable, size).withColumn("image_size", F.lit(size)),
-        output_name="preprocessed_images",
+    context.log.info(
+        f"preprocessed_images: {valid} images ({counts['computed']} to decode, {counts['reused']} reused, "
+        f"{counts['removed']} removed since), {rejected} rejected"
+    )
+    decoded = preprocess_frame(split_for_work(new, counts["computed"], spark, settings.rows_per_partition), size)
+    images = decoded if reused is None else reused.unionByName(decoded)
+    return dg.Output(
+        images.withColumn("image_size", F.lit(size)),
         metadata={
             "rows": valid,
+            **counts,
             "image_size": size,
             "bytes_per_image": bytes_per_image,
-            "storage_note": f"uint8 RGB {size}x{size}x3 = {bytes_per_image:,} B/image "
-            f"(float32 would be {bytes_per_image * 4:,} B)",
-            "rejected": sum(r[2] for r in reasons),
+            "storage_note": f"uint8 RGB {size}x{size}x3 = {bytes_per_image:,} B/image, zstd-compressed "
+            f"Parquet (float32 would be {bytes_per_image * 4:,} B)",
+            "rejected": rejected,
             "rejected_files": dg.MetadataValue.asset(dg.AssetKey("rejected_images")),
             "max_pixels": MAX_PIXELS,
             "setup_seconds": round(time.perf_counter() - started, 2),
         },
     )
-    yield dg.Output(
+
+
+@spark_asset(kinds={"spark"})
+def rejected_images(context: dg.AssetExecutionContext, raw_images):
+    """Quarantine: every listed file that is not a usable image, and why."""
+    from pyspark.sql import functions as F
+
+    spark_for(context, "rejected_images")
+    reasons = rejections(raw_images)
+    return dg.Output(
         raw_images.where(F.col("reason").isNotNull()).select("path", "split", "label", "reason", "stage"),
-        output_name="rejected_images",
         metadata={
             "rows": sum(r[2] for r in reasons),
             "by_reason": dg.MetadataValue.md(
@@ -240,6 +227,8 @@ def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
 @spark_asset(kinds={"spark", "tensorflow"}, metadata={PUBLISHED_BY_CHECK: "vectors_complete_and_finite"})
 def image_features(context: dg.AssetExecutionContext, preprocessed_images):
     """1280-d MobileNetV2 (ImageNet-style, avg-pooled) feature vectors, one per image."""
+    from pyspark.sql import functions as F
+
     started = time.perf_counter()
     settings = settings_of(context)
     spark = spark_for(context, "image_features")
@@ -250,15 +239,26 @@ def image_features(context: dg.AssetExecutionContext, preprocessed_images):
     rows = preprocessed_images.count()
     storage = context.resources.settings.storage()
     weights = resolve_weights(settings.model_weights, size, storage)
-    model = feature_model(weights, size, storage, join(settings.assets_uri(), "_models"))
+    key = model_key(weights, size)
+    # Incremental: an image whose path and bytes are unchanged keeps its vector, if it came from
+    # the same model (weights, size, conversion).
+    previous = previous_version(context, "image_features", "fingerprint", "model_key")
+    if previous is not None:
+        previous = previous.where(F.col("model_key") == key).select(*FEATURE_COLUMNS)
+    reused, new = reused_and_new(previous, preprocessed_images, ["path", "fingerprint"])
+    counts = increments(reused, new, previous)
     threads = settings.model_threads or int(spark.conf.get("spark.task.cpus", "1"))
-    features = featurize_frame(
-        spark,
-        split_for_work(preprocessed_images, rows, spark, settings.rows_per_partition),
-        model,
-        threads,
-        settings.predict_batch_size,
-    )
+    model = None
+    if counts["computed"]:
+        model = feature_model(weights, size, storage, join(settings.assets_uri(), "_models"))
+        computed = featurize_frame(
+            spark, split_for_work(new, counts["computed"], spark, settings.rows_per_partition), model, threads,
+            settings.predict_batch_size,
+        )
+        features = computed if reused is None else reused.unionByName(computed)
+    else:
+        features = reused
+    context.log.info(f"image_features: {rows} images, {counts['computed']} to featurize, {counts['reused']} reused")
     if not weights.meaningful:
         context.log.warning("image_features: weights=random: these features are NOT meaningful.")
     import ai_edge_litert
@@ -268,14 +268,17 @@ def image_features(context: dg.AssetExecutionContext, preprocessed_images):
         features,
         metadata={
             "rows": rows,
+            **counts,
             "dimension": FEATURE_DIM,
             "image_size": size,
             "weights": weights.spec,
             "weights_sha256": weights.sha256,
             "weights_meaningful": weights.meaningful,
             "engine": "LiteRT (XNNPACK, fp32), converted from the Keras model",
-            "litert_model": f"{model.key} ({'cached' if model.from_cache else 'converted in this run'})",
-            "litert_vs_keras_max_abs_diff": model.max_abs_diff if model.max_abs_diff is not None else "cached (checked when converted)",
+            "litert_model": key if model is None else f"{key} ({'cached' if model.from_cache else 'converted in this run'})",
+            "litert_vs_keras_max_abs_diff": model.max_abs_diff
+            if model is not None and model.max_abs_diff is not None
+            else "not converted in this run (cached, or nothing to featurize)",
             "model_threads_per_worker": threads,
             "predict_batch_size": settings.predict_batch_size,
             "versions": f"ai-edge-litert {ai_edge_litert.__version__}, spark {pyspark.__version__}",

@@ -47,20 +47,22 @@ def reconcile(listed: int, preprocessed: int, rejected: int) -> bool:
 
 
 @dg.asset_check(
-    asset=preprocessed_images.keys_by_output_name["preprocessed_images"],
+    asset=preprocessed_images,
     name="counts_reconcile",
-    description="Files listed = images preprocessed + files rejected: nothing disappears.",
+    description="Files listed = images preprocessed + files rejected (quarantined in raw_images): "
+    "nothing disappears.",
     blocking=True,
-    additional_ins={"raw_images": dg.AssetIn(), "rejected_images": dg.AssetIn()},
+    additional_ins={"raw_images": dg.AssetIn()},
     required_resource_keys=SPARK_CHECK_RESOURCES,
 )
-def counts_reconcile(context, preprocessed_images, raw_images, rejected_images) -> dg.AssetCheckResult:
-    listed, valid, rejected = raw_images.count(), preprocessed_images.count(), rejected_images.count()
+def counts_reconcile(context, preprocessed_images, raw_images) -> dg.AssetCheckResult:
+    listed, valid = raw_images.count(), preprocessed_images.count()
+    rejected = raw_images.where("reason IS NOT NULL").count()
     return audit(
         context,
         "counts_reconcile",
         reconcile(listed, valid, rejected),
-        ["preprocessed_images", "rejected_images"],
+        ["preprocessed_images"],
         {"listed": listed, "preprocessed": valid, "rejected": rejected},
     )
 

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from fruits_assets import assets, checks
+from fruits_assets.sensors import images_root_sensor
 from fruits_assets.resources import fruits_resources
 
 all_assets = dg.load_assets_from_modules([assets])
@@ -18,6 +19,7 @@ defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     jobs=[fruits_pipeline],
+    sensors=[images_root_sensor],
     resources=fruits_resources(),
     # One process for the run: one Spark session (and its warm Python workers, with their cached
     # model) serves every step, instead of a JVM and TensorFlow start per step.

@@ -270,7 +270,13 @@ def worker_interpreter(key: str, get_flatbuffer, threads: int) -> LiteRTFeatures
 
 
 # -- the Spark stage ----------------------------------------------------------------------------------
-FEATURES_SCHEMA = "path string, split string, label string, features array<float>"
+FEATURES_SCHEMA = "path string, split string, label string, fingerprint string, features array<float>"
+FEATURE_COLUMNS = ("path", "split", "label", "fingerprint", "features", "model_key")
+
+
+def model_key(weights: Weights, image_size: int) -> str:
+    """What a feature vector depends on besides the image: the weights, the size, the conversion."""
+    return FeatureModel(b"", image_size, weights, None, True).key
 
 
 def featurize_frame(spark, images, model: FeatureModel, threads: int, batch_size: int):
@@ -288,8 +294,9 @@ def featurize_frame(spark, images, model: FeatureModel, threads: int, batch_size
         interpreter = worker_interpreter(key, lambda: broadcast.value, threads)
         for batch in batches:
             vectors = interpreter(bytes_to_batch(batch["image"], size), batch_size)
-            yield pd.DataFrame(
-                {"path": batch["path"], "split": batch["split"], "label": batch["label"], "features": list(vectors)}
-            )
+            yield batch.drop(columns=["image"]).assign(features=list(vectors))
 
-    return images.select("path", "split", "label", "image").mapInPandas(featurize, FEATURES_SCHEMA)
+    from pyspark.sql import functions as F
+
+    columns = images.select("path", "split", "label", "fingerprint", "image")
+    return columns.mapInPandas(featurize, FEATURES_SCHEMA).withColumn("model_key", F.lit(key))

@@ -165,6 +165,12 @@ class FruitsIOManager(dg.ConfigurableIOManager):
             run_id = context.step_context.run_id if context._step_context is not None else None
             return self.load_manifest(self.store().for_run(context.asset_key.to_user_string(), run_id))
 
+    def started_with(self, asset: str, run_id: str):
+        """The value of `asset` that was current when the run started, or None: what an
+        incremental asset reuses (never another run's newer version)."""
+        manifest = self.store().started_with(asset, run_id)
+        return self.load_manifest(manifest) if manifest is not None else None
+
     def current(self, asset_key: dg.AssetKey) -> dict:
         """The published manifest of an asset (what users and new runs read)."""
         return self.store().for_run(asset_key.to_user_string(), None)

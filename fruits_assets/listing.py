@@ -78,3 +78,22 @@ def list_images(
         files = [f for f in files if f.split in splits]
     files.sort(key=lambda f: f.path)
     return apply_limit(files, limit_per_class)
+
+
+def images_root(setting: str, assets_uri: str, storage) -> str:
+    """The folder or s3:// URI to list: the setting, or the generated sample (beside the assets)."""
+    from fruits_assets.constants import SAMPLE_IMAGES
+    from fruits_assets.errors import FruitsConfigError
+    from fruits_assets.sample_data import sample_images
+    from fruits_assets.storage import join
+
+    root = setting.strip()
+    if root == SAMPLE_IMAGES:
+        return sample_images(join(assets_uri, "sample_images"), storage)
+    if not storage.root_exists(root):
+        raise FruitsConfigError(
+            f"Images root {root!r} does not exist or is empty: set FRUITS_IMAGES_ROOT (or the "
+            "settings' images_root) to a folder or s3:// URI laid out as "
+            "<split>/<Class Name>/<file>.jpg, or to 'sample'."
+        )
+    return root

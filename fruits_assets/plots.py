@@ -97,3 +97,27 @@ def thumbnail_sheet(samples: list[tuple[str, bytes]], columns: int = 6, size: in
             pass
         ax.set_title(label[:18], fontsize=7)
     return _png(plt, fig)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+THUMBNAIL_CLASSES = 24
+
+
+def class_thumbnails(images, storage) -> bytes:
+    """A sheet of the first image of the first classes (a few small reads on the driver)."""
+    first: dict[str, str] = {}
+    for f in images:
+        if f.label not in first and len(first) < THUMBNAIL_CLASSES:
+            first[f.label] = f.path
+    samples = []
+    for label, path in sorted(first.items()):
+        try:
+            samples.append((label, storage.read_bytes(path)))
+        except Exception:  # unreadable: it is quarantined; show the name only
+            samples.append((label, b""))
+    return thumbnail_sheet(samples)

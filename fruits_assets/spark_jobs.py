@@ -6,6 +6,7 @@ partition (`toLocalIterator`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 
@@ -46,11 +47,14 @@ def split_for_work(stored, rows: int, spark, rows_per_partition: int):
 
 
 # -- raw_images --------------------------------------------------------------------------------
-RAW_SCHEMA = "path string, split string, label string, reason string, stage string, size long, content binary"
+RAW_SCHEMA = (
+    "path string, split string, label string, reason string, stage string, size long, fingerprint string, "
+    "checked boolean, content binary"
+)
 LISTING_SCHEMA = "path string, split string, label string, reason string"
 
 
-def raw_images_frame(spark, listed: list[ListedFile], root: str, storage, rows_per_partition: int):
+def raw_images_frame(spark, listed: list[ListedFile], root: str, storage, rows_per_partition: int, known=None):
     """Listed files -> a DataFrame of each file's bytes and, for a file that is not a usable
     image, why (stage `listing`, `read` or `decode`).
 
@@ -59,6 +63,10 @@ def raw_images_frame(spark, listed: list[ListedFile], root: str, storage, rows_p
     link), or every file where Spark cannot read the root (s3:// with pyspark from PyPI), is read
     by the Python workers through boto3 or the OS, which say why when they cannot. Only the
     driver's listing decides which files there are: none is dropped.
+
+    Each file gets its content's sha256 (`fingerprint`); a file whose path and fingerprint are in
+    `known` ({path: (fingerprint, reason, stage)}, from the previous version) keeps that verdict
+    without being decoded again (`checked` is False).
     """
     from pyspark.sql import functions as F
 
@@ -74,7 +82,7 @@ def raw_images_frame(spark, listed: list[ListedFile], root: str, storage, rows_p
         frame = listing.repartition(partitions_for(len(listed), spark, rows_per_partition))
         frame = frame.withColumn("content", F.lit(None).cast("binary"))
     columns = frame.select("path", "split", "label", "reason", "content")
-    return columns.mapInPandas(_checked_with(storage), RAW_SCHEMA)
+    return columns.mapInPandas(_checked_with(storage, spark.sparkContext.broadcast(known or {})), RAW_SCHEMA)
 
 
 def _spark_read_bytes(spark, root: str):
@@ -98,35 +106,72 @@ def _spark_read_bytes(spark, root: str):
     return files.select(F.regexp_replace("path", "^file:", "").alias("path"), "content")
 
 
-def _checked_with(storage):
+def _checked_with(storage, known):
     def check(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         """Each listed file's rejection reason, if any: from the listing, unreadable, or not a
         usable image (decoded once here, so later stages only see images that decode)."""
+        verdicts = known.value
         for batch in batches:
-            reasons, stages, sizes, contents = [], [], [], []
+            reasons, stages, sizes, fingerprints, checked, contents = [], [], [], [], [], []
             for path, reason, content in zip(batch["path"], batch["reason"], batch["content"]):
-                stage = None if reason is None else "listing"
+                stage, fingerprint, decoded = (None if reason is None else "listing"), None, False
                 if reason is None and content is None:
                     try:
                         content = storage.read_bytes(path)
                     except Exception as error:  # unreadable file: quarantined, with the error
                         reason, stage = f"unreadable file: {type(error).__name__}: {error}", "read"
+                if content is not None:
+                    fingerprint = hashlib.sha256(content).hexdigest()
                 if reason is None:
-                    try:
-                        open_image(content)
-                    except ImageRejected as rejected:
-                        reason, stage = str(rejected), "decode"
+                    previous = verdicts.get(path)
+                    if previous is not None and previous[0] == fingerprint:
+                        reason, stage = previous[1], previous[2]  # the same bytes: the same verdict
+                    else:
+                        decoded = True
+                        try:
+                            open_image(content)
+                        except ImageRejected as rejected:
+                            reason, stage = str(rejected), "decode"
                 reasons.append(reason)
                 stages.append(stage)
                 sizes.append(len(content) if content is not None else None)
+                fingerprints.append(fingerprint)
+                checked.append(decoded)
                 contents.append(content)
-            yield batch.assign(reason=reasons, stage=stages, size=sizes, content=contents)
+            yield batch.assign(reason=reasons, stage=stages, size=sizes, fingerprint=fingerprints, checked=checked, content=contents)
 
     return check
 
 
+def increments(reused, new, previous) -> dict:
+    """How many rows a run reuses, computes, and drops from the previous version (key columns
+    only are read)."""
+    reused_rows = reused.count() if reused is not None else 0
+    return {
+        "reused": reused_rows,
+        "computed": new.count(),
+        "removed": (previous.count() - reused_rows) if previous is not None else 0,
+    }
+
+
+def reused_and_new(previous, current, keys: list[str]):
+    """(the rows of `previous` whose keys are in `current`, the rows of `current` whose keys are
+    not in `previous`): what a run keeps from the last version, and what it must compute.
+
+    Only the keys (small columns) are broadcast: the stored images or vectors are never shuffled.
+    """
+    from pyspark.sql import functions as F
+
+    if previous is None:
+        return None, current
+    reused = previous.join(F.broadcast(current.select(*keys)), keys, "left_semi")
+    new = current.join(F.broadcast(previous.select(*keys)), keys, "left_anti")
+    return reused, new
+
+
 # -- preprocessed_images ------------------------------------------------------------------------
-PREPROCESSED_SCHEMA = "path string, split string, label string, image binary"
+PREPROCESSED_SCHEMA = "path string, split string, label string, fingerprint string, image binary"
+PREPROCESSED_COLUMNS = ("path", "split", "label", "fingerprint", "image")
 
 
 def preprocess_frame(images, image_size: int):
@@ -135,9 +180,9 @@ def preprocess_frame(images, image_size: int):
     def decode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             arrays = [array_to_bytes(decode_image(content, image_size)) for content in batch["content"]]
-            yield pd.DataFrame({"path": batch["path"], "split": batch["split"], "label": batch["label"], "image": arrays})
+            yield batch.drop(columns=["content"]).assign(image=arrays)
 
-    return images.select("path", "split", "label", "content").mapInPandas(decode, PREPROCESSED_SCHEMA)
+    return images.select("path", "split", "label", "fingerprint", "content").mapInPandas(decode, PREPROCESSED_SCHEMA)
 
 
 def as_vectors(features):

@@ -98,6 +98,12 @@ class Storage:
 
     def list_files(self, root: str) -> Iterator[str]:
         """Every file under `root`, recursively, hidden ones included, as full URIs/paths."""
+        for path, _version in self.list_versions(root):
+            yield path
+
+    def list_versions(self, root: str) -> Iterator[tuple[str, str]]:
+        """Every file under `root` with a cheap version marker: size and ETag on S3, size and
+        modification time locally (what a watcher compares; content hashes are the pipeline's)."""
         if is_s3(root):
             bucket, prefix = split_s3(root)
             prefix = prefix.rstrip("/") + "/" if prefix else ""
@@ -105,11 +111,16 @@ class Storage:
             for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     if not obj["Key"].endswith("/"):
-                        yield f"s3://{bucket}/{obj['Key']}"
+                        yield f"s3://{bucket}/{obj['Key']}", f"{obj['Size']}:{obj['ETag']}"
             return
         for folder, _dirs, files in os.walk(root):
             for name in files:
-                yield os.path.join(folder, name)
+                path = os.path.join(folder, name)
+                try:
+                    stat = os.stat(path)
+                    yield path, f"{stat.st_size}:{stat.st_mtime_ns}"
+                except OSError:  # a dangling link: listed, quarantined by the pipeline
+                    yield path, "unreadable"
 
     def root_exists(self, root: str) -> bool:
         if is_s3(root):
@@ -165,29 +176,27 @@ class Storage:
 
     def list_children(self, uri: str) -> list[str]:
         """Names of the immediate sub-folders (or S3 common prefixes) of `uri`."""
-        if is_s3(uri):
-            bucket, prefix = split_s3(uri)
-            prefix = prefix.rstrip("/") + "/"
-            paginator = self.client.get_paginator("list_objects_v2")
-            names = []
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-                names += [p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
-            return names
-        path = Path(uri)
-        return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+        return self._level(uri)[0]
 
     def list_files_in(self, uri: str) -> list[str]:
         """Names of the files directly in folder `uri` (S3: the keys right under that prefix)."""
+        return self._level(uri)[1]
+
+    def _level(self, uri: str) -> tuple[list[str], list[str]]:
+        """(sub-folder names, file names) directly in `uri`."""
         if is_s3(uri):
             bucket, prefix = split_s3(uri)
             prefix = prefix.rstrip("/") + "/"
-            paginator = self.client.get_paginator("list_objects_v2")
-            names = []
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-                names += [obj["Key"][len(prefix) :] for obj in page.get("Contents", [])]
-            return names
+            folders, files = [], []
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                folders += [p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
+                files += [obj["Key"][len(prefix) :] for obj in page.get("Contents", [])]
+            return folders, files
         path = Path(uri)
-        return sorted(p.name for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+        if not path.is_dir():
+            return [], []
+        entries = sorted(path.iterdir())
+        return [p.name for p in entries if p.is_dir()], [p.name for p in entries if p.is_file()]
 
     def delete(self, uri: str) -> None:
         """Delete one file (nothing if it is not there)."""

@@ -135,6 +135,14 @@ class VersionStore:
         self._write_json(join(self.root, RUNS, f"{run_id}.json"), {"run_id": run_id, "taken_at": _now(), "assets": versions})
         return versions
 
+    def started_with(self, asset: str, run_id: str) -> dict | None:
+        """The version of `asset` that was current when run `run_id` started (its snapshot; the
+        current one for a run without a snapshot), or None."""
+        snapshot = self._read_json(join(self.root, RUNS, f"{run_id}.json"))
+        if snapshot is not None:
+            return snapshot["assets"].get(asset)
+        return self.current(asset)
+
     def for_run(self, asset: str, run_id: str | None) -> dict:
         """The version `run_id` reads: its own staged one, else the one current when it started
         (its snapshot), else (outside a run, or a run without a snapshot) the current one."""

@@ -12,6 +12,7 @@ from fruits_assets.assets import (
     pca_model,
     preprocessed_images,
     raw_images,
+    rejected_images,
 )
 from fruits_assets.csv_table import CsvTable
 from fruits_assets.resources import fruits_resources
@@ -44,7 +45,7 @@ def context(spark, tmp_path_factory, sample_root):
 def stages(context):
     """Run the stages one after another, as the graph would, keeping every output."""
     [raw] = raw_images(context, RawImagesConfig())
-    outputs = {o.output_name: o for o in preprocessed_images(context, raw.value)}
+    outputs = {"preprocessed_images": preprocessed_images(context, raw.value), "rejected_images": rejected_images(context, raw.value)}
     features = image_features(context, outputs["preprocessed_images"].value)
     features_frame = features.value.cache()
     model = pca_model(context, PcaConfig(), features_frame)

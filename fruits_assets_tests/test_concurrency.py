@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import numpy as np
 import pandas as pd
 
@@ -47,6 +48,7 @@ def materializations(instance: dg.DagsterInstance, run_id: str) -> dict:
     return found
 
 
+@pytest.mark.slow
 def test_two_cli_runs_at_once_never_mix_or_lose_data(sample_root, tmp_path):
     home, out = tmp_path / "home", tmp_path / "out"
     home.mkdir()

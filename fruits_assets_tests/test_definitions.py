@@ -100,6 +100,7 @@ def test_unknown_deployment_is_a_clear_error(monkeypatch):
         FruitsSettings().resolved()
 
 
+@pytest.mark.slow
 def test_workspace_yaml_loads_with_the_dagster_cli(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     result = subprocess.run(
@@ -108,3 +109,57 @@ def test_workspace_yaml_loads_with_the_dagster_cli(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "fruits_assets" in result.stdout + result.stderr
+
+
+def test_no_module_reads_a_setting_when_it_is_imported():
+    """Importing every module of the code location and of fruits-emr reads no FRUITS_* variable:
+    settings are read when a run starts (FruitsSettings), so `dagster dev` and a long-lived
+    process see the values of each run, not those of the moment the code loaded."""
+    code = (
+        "import importlib, os, pkgutil, sys\n"
+        "read = []\n"
+        "def reader():\n"  # the first frame that is not os.environ's own machinery
+        "    frame = sys._getframe(2)\n"
+        "    while frame.f_code.co_filename.endswith('os.py') or '_collections_abc' in frame.f_code.co_filename:\n"
+        "        frame = frame.f_back\n"
+        "    return frame.f_code.co_filename\n"
+        "class Recording(os._Environ):\n"
+        "    def __getitem__(self, key):\n"
+        "        if str(key).startswith('FRUITS_') and ('fruits_assets' in reader() or 'emr_resources' in reader()):\n"
+        "            read.append(key)\n"
+        "        return super().__getitem__(key)\n"
+        "os.environ = Recording(os.environ._data, os.environ.encodekey, os.environ.decodekey,"
+        " os.environ.encodevalue, os.environ.decodevalue)\n"
+        "import fruits_assets, emr_resources\n"
+        "for package in (fruits_assets, emr_resources):\n"
+        "    for module in pkgutil.iter_modules(package.__path__):\n"
+        "        importlib.import_module(f'{package.__name__}.{module.name}')\n"
+        "print('READ', sorted(set(read)))\n"
+    )
+    env = {**os.environ, "FRUITS_IMAGE_SIZE": "96", "FRUITS_DEPLOYMENT": "local"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "READ []" in result.stdout, result.stdout
+
+
+@pytest.mark.slow
+def test_every_selection_runs_from_the_cli(sample_root, tmp_path):
+    """Selections a user types, including an asset's upstream closure and one asset alone."""
+    env = {
+        **os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "FRUITS_OUTPUT_ROOT": str(tmp_path / "out"),
+        "FRUITS_IMAGES_ROOT": str(sample_root), "FRUITS_IMAGE_SIZE": "96", "FRUITS_MODEL_WEIGHTS": "random",
+        "FRUITS_SPARK_MASTER": "local[2]",
+    }
+    (tmp_path / "home").mkdir()
+    for selection, materialized in (
+        ("*image_features", {"raw_images", "preprocessed_images", "image_features"}),
+        ("rejected_images", {"rejected_images"}),
+    ):
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "fruits_assets.definitions",
+             "--select", selection],
+            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )
+        log = result.stdout + result.stderr
+        assert result.returncode == 0 and "RUN_SUCCESS" in log, log[-3000:]
+        assert {name for name in materialized if f"Materialized value {name}." in log} == materialized

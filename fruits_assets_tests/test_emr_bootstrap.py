@@ -135,6 +135,7 @@ def symbol_versions(wheel: Path) -> dict:
     return newest
 
 
+@pytest.mark.slow
 def test_cluster_wheels_resolve_and_run_on_amazon_linux_2023_aarch64(tmp_path):
     """pip resolves the cluster's requirements for CPython 3.11 on aarch64 manylinux (the
     Graviton nodes), as wheels, and none of those wheels needs a newer glibc or libstdc++ than

@@ -179,21 +179,21 @@ def test_cost_is_computed_from_prices_json(resources, capsys, monkeypatch):
     assert f"cluster per hour: {per_hour:.4f} USD" in out
 
     # --images: setup + the run's EMR steps' start-up + images / (rate x worker vCPUs); workers
-    # 1x8 + 4x8 vCPUs; a run is 5 asset steps + 4 Spark checks (pca_quality and the PCA target
+    # 1x8 + 4x8 vCPUs; a run is 6 asset steps + 4 Spark checks (pca_quality and the PCA target
     # check run on the Dagster host).
     monkeypatch.delenv("FRUITS_EMR_WAIT_FOR_LOGS", raising=False)
     steps = emr_cli.emr_steps_per_run()
-    assert len(steps) == 9 and "pca_quality" not in steps
-    assert {"raw_images", "preprocessed_images", "image_features", "pca_model", "pca_features_csv"} <= set(steps)
-    hours = 0.3 + (9 * 60 + 90_000 / (4.0 * 40)) / 3600
+    assert len(steps) == 10 and "pca_quality" not in steps
+    assert {"raw_images", "preprocessed_images", "rejected_images", "image_features", "pca_model", "pca_features_csv"} <= set(steps)
+    hours = 0.3 + (10 * 60 + 90_000 / (4.0 * 40)) / 3600
     assert emr_cli.main(["cost", "--images", "90000"]) == 0
     out = capsys.readouterr().out
-    assert f"= {hours:.3f} billed hours" in out and "9 EMR steps" in out
+    assert f"= {hours:.3f} billed hours" in out and "10 EMR steps" in out
     assert f"TOTAL: {per_hour * hours:.2f} USD" in out
     # Waiting for EMR's logs costs 5 minutes per step: the estimate says so.
     monkeypatch.setenv("FRUITS_EMR_WAIT_FOR_LOGS", "1")
     assert emr_cli.main(["cost", "--images", "90000"]) == 0
-    assert f"= {hours + 9 * 300 / 3600:.3f} billed hours" in capsys.readouterr().out
+    assert f"= {hours + 10 * 300 / 3600:.3f} billed hours" in capsys.readouterr().out
 
 
 def test_staging_prefix_must_be_inside_the_prefix(moto_server, s3_bucket, cli_env, capsys, monkeypatch):

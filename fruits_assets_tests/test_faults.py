@@ -106,6 +106,7 @@ def load_current(output_root: Path, asset: str):
 
 
 # -- 1. S3 down at the first attempt, up before the retry ----------------------------------------
+@pytest.mark.slow
 def test_step_retries_until_s3_is_back(spark, tmp_path, s3_images):
     """The S3 outage fails the first attempt; the RetryPolicy's retry reads every image."""
     images, files = s3_images
@@ -145,6 +146,7 @@ def test_step_retries_until_s3_is_back(spark, tmp_path, s3_images):
 
 
 # -- 2. S3 unavailable throughout -------------------------------------------------------------------
+@pytest.mark.slow
 def test_unreachable_s3_fails_naming_the_endpoint(spark, tmp_path, monkeypatch):
     """Retries run out; the failure names the endpoint, and no credential reaches the run's logs."""
     # A distinctive fake secret: if botocore or our errors ever logged it, the last assert sees it.

@@ -74,6 +74,7 @@ def test_spark_features_equal_plain_keras_features(spark, shared_weights, sample
     assert np.abs(spark_features - reference).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_features_are_meaningful_on_real_photos(spark, shared_weights, shared_sample, tmp_path):
     """Real Fruits-360 photos + real weights: a classifier on the CSV separates the classes."""
     result = materialize(tmp_path, run_config(shared_sample, shared_weights, 96))
@@ -109,6 +110,7 @@ def test_rematerializing_replaces_the_previous_output(spark, sample_root, tmp_pa
     assert load(tmp_path, "raw_images").count() == 8 * (3 + 2)  # 4 Training + 2 Test per class
 
 
+@pytest.mark.slow
 def test_long_stages_tell_their_progress_in_the_run_log(spark, tmp_path):
     """A run with several partitions: the run log shows rows done / total, rows/s and an ETA
     while a stage runs, and a line when it ends (what the CLI prints and the UI's run log shows)."""
@@ -148,3 +150,13 @@ def test_progress_lines_follow_the_tasks(spark):
     assert lines[-1].startswith("slow: done, 100 rows in")
     reported = [int(line.split(": ")[1].split("/")[0]) for line in lines[:-1]]
     assert reported == sorted(reported) and reported[0] < 100
+
+def test_an_environment_change_between_two_runs_changes_the_second(spark, sample_root, tmp_path, monkeypatch):
+    """Settings are read when a run starts: in one process (as in `dagster dev`), a variable
+    changed between two runs changes the second run."""
+    counts = []
+    for limit in ("1", "2"):
+        monkeypatch.setenv("FRUITS_LIMIT_PER_CLASS", limit)
+        result = materialize(tmp_path, run_config(sample_root), selection=["raw_images"])
+        counts.append(metadata_of(result, "raw_images")["images"])
+    assert counts == [8 * 2 * 1, 8 * 2 * 2]

@@ -13,10 +13,11 @@ from fruits_assets.storage import Storage
 def image_frame(spark, count: int, partitions: int, size: int = 96):
     rng = np.random.default_rng(3)
     rows = [
-        (f"/x/Training/C/{i}.jpg", "Training", "C", array_to_bytes(rng.integers(0, 255, (size, size, 3))))
+        (f"/x/Training/C/{i}.jpg", "Training", "C", f"sha{i}", array_to_bytes(rng.integers(0, 255, (size, size, 3))))
         for i in range(count)
     ]
-    return spark.createDataFrame(rows, "path string, split string, label string, image binary").repartition(partitions)
+    schema = "path string, split string, label string, fingerprint string, image binary"
+    return spark.createDataFrame(rows, schema).repartition(partitions)
 
 
 def builds_per_worker(spark, key) -> dict:

@@ -4,7 +4,7 @@ One real `dagster-webserver -w workspace.yaml` on a free 127.0.0.1 port, from th
 with a throw-away DAGSTER_HOME, serves the whole module. Through its GraphQL API the code location
 must have loaded without error and show every asset of `fruits_assets.definitions.defs` with the
 pipeline's lineage edges. Then headless Chromium (system `chromium` + `chromium-driver`, driven by
-`scripts/screenshot_asset_graph.py`) opens the asset graph page, must find every asset name in the
+Selenium in `scripts/screenshot_asset_graph.py`) opens the asset graph page, must find every asset name in the
 rendered DOM, and saves a PNG. The server (and its code server) is always stopped, even on failure.
 """
 
@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.slow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = PROJECT_ROOT / "scripts" / "screenshot_asset_graph.py"
@@ -182,24 +184,8 @@ query Status($runId: ID!) {
 def daemon(ui_script, dagster_home, tmp_path):
     """The dagster-daemon that `dagster dev` starts beside the webserver: it dequeues the runs
     the UI launches (Dagster's default run coordinator queues them)."""
-    import os
-    import subprocess
-
-    executable = Path(sys.executable).parent / "dagster-daemon"
-    with open(tmp_path / "daemon.log", "wb") as log:
-        proc = subprocess.Popen(
-            [str(executable), "run", "-w", "workspace.yaml"],
-            cwd=PROJECT_ROOT,
-            env={**os.environ, "DAGSTER_HOME": str(dagster_home)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
+    with ui_script.running_daemon(dagster_home, tmp_path / "daemon.log") as proc:
         yield proc
-    finally:
-        ui_script.stop_process(proc)
 
 
 def test_materializing_from_the_ui_works(ui_script, webserver, daemon, dagster_home):

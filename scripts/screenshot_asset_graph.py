@@ -7,10 +7,12 @@
 Without --url it starts its own webserver on a free loopback port the way `dagster dev` does
 (`dagster-webserver -w workspace.yaml` from the repository root, with a throw-away DAGSTER_HOME),
 and stops it afterwards. It then drives the system Chromium through the system chromedriver
-(Debian: `apt-get install chromium chromium-driver`) over the W3C WebDriver protocol, spoken here
-with the standard library only (no selenium needed), opens the group's lineage page, waits until
-every asset name is in the page's DOM (the graph has rendered), lets the zoom-to-fit settle and
-saves a PNG.
+(Debian: `apt-get install chromium chromium-driver`) with Selenium (given both paths, it needs no
+download), opens the group's lineage page, waits until every asset name is in the page's DOM (the
+graph has rendered), lets the zoom-to-fit settle and saves a PNG.
+
+The webserver helpers here (`running_webserver`, `graphql`, `stop_process`) are also what the UI
+tests use: one place that starts and stops the UI.
 
 The browser runs headless, sandbox-less (containers), with a fresh profile directory and with its
 background network services (sync, component updates, QUIC, ...) off: it only talks to loopback.
@@ -19,7 +21,6 @@ background network services (sync, component updates, QUIC, ...) off: it only ta
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import dataclasses
 import json
@@ -197,6 +198,27 @@ def running_webserver(
             stop_process(proc)
 
 
+@contextlib.contextmanager
+def running_daemon(dagster_home: Path, log_path: Path) -> Iterator[subprocess.Popen]:
+    """The dagster-daemon that `dagster dev` starts beside the webserver (it dequeues the runs the
+    UI launches); always stopped on exit."""
+    executable = Path(sys.executable).parent / "dagster-daemon"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(executable), "run", "-w", "workspace.yaml"],
+            cwd=REPO_ROOT,
+            env={**os.environ, "DAGSTER_HOME": str(dagster_home)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
+
+
 def wait_until_ready(base_url: str, proc: subprocess.Popen, timeout: float, log_path: Path) -> None:
     """Poll /server_info, then the workspace, until the code location is LOADED."""
     deadline = time.monotonic() + timeout
@@ -246,91 +268,28 @@ def chromium_args(profile_dir: str, window: tuple[int, int] = WINDOW) -> list[st
     ]
 
 
-class WebDriver:
-    """The few W3C WebDriver commands needed, against a local chromedriver."""
+@contextlib.contextmanager
+def chromium(window: tuple[int, int] = WINDOW):
+    """A headless Chromium driven by Selenium through the system chromedriver; always quit."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
 
-    def __init__(
-        self,
-        chromedriver: Path = CHROMEDRIVER,
-        chromium: Path = CHROMIUM,
-        window: tuple[int, int] = WINDOW,
-    ):
-        for path in (chromedriver, chromium):
-            if not path.exists():
-                raise FileNotFoundError(
-                    f"{path} not found: install Chromium and its driver "
-                    "(Debian: apt-get install chromium chromium-driver)"
-                )
-        self._profile = tempfile.TemporaryDirectory(prefix="fruits-chromium-")
-        self._log = open(Path(self._profile.name) / "chromedriver.log", "wb")
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self._proc = subprocess.Popen(
-            [str(chromedriver), f"--port={port}", "--allowed-ips=127.0.0.1"],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.session = None
-        try:
-            self._wait_ready()
-            profile = str(Path(self._profile.name) / "profile")
-            options = {"binary": str(chromium), "args": chromium_args(profile, window)}
-            capabilities = {"browserName": "chrome", "goog:chromeOptions": options}
-            reply = self._call(
-                "POST", "/session", {"capabilities": {"alwaysMatch": capabilities}}, timeout=60
+    for path in (CHROMEDRIVER, CHROMIUM):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found: install Chromium and its driver (Debian: apt-get install chromium chromium-driver)"
             )
-            self.session = reply["sessionId"]  # W3C: {"value": {"sessionId", "capabilities"}}
-        except BaseException:
-            self.close()
-            raise
-
-    def _wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if http_json("GET", f"{self.url}/status", timeout=2)["value"].get("ready"):
-                    return
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"chromedriver did not start within {timeout}s")
-
-    def _call(self, method: str, path: str, body: dict | None = None, timeout: float = 30):
-        reply = http_json(method, self.url + path, body, timeout=timeout)
-        value = reply.get("value")
-        if isinstance(value, dict) and "error" in value:
-            message = str(value.get("message", ""))[:500]
-            raise RuntimeError(f"WebDriver {path}: {value['error']}: {message}")
-        return value
-
-    def _session_call(self, method: str, path: str, body: dict | None = None, timeout: float = 60):
-        return self._call(method, f"/session/{self.session}{path}", body, timeout)
-
-    def get(self, url: str) -> None:
-        self._session_call("POST", "/url", {"url": url})
-
-    def execute(self, script: str, *args):
-        return self._session_call("POST", "/execute/sync", {"script": script, "args": list(args)})
-
-    def screenshot_png(self) -> bytes:
-        return base64.b64decode(self._session_call("GET", "/screenshot"))
-
-    def close(self) -> None:
-        if self.session:
-            with contextlib.suppress(Exception):
-                self._session_call("DELETE", "", timeout=20)
-            self.session = None
-        stop_process(self._proc, timeout=10)
-        self._log.close()
-        self._profile.cleanup()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: nothing to download
+    with tempfile.TemporaryDirectory(prefix="fruits-chromium-") as profile:
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for argument in chromium_args(profile, window):
+            options.add_argument(argument)
+        driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
 
 
 # Text of the page, including the asset nodes' labels (HTML in the graph's SVG foreignObjects).
@@ -369,14 +328,14 @@ def screenshot_asset_graph(
     (saving what the page showed next to `out`, as *.failed.png).
     """
     url = asset_graph_url(base_url)
-    with WebDriver(window=window) as driver:
+    with chromium(window) as driver:
         driver.get(f"{base_url.rstrip('/')}/robots.txt")  # same origin: its localStorage
-        driver.execute(DISMISS_COMMUNITY_DIALOG_JS)
+        driver.execute_script(DISMISS_COMMUNITY_DIALOG_JS)
         driver.get(url)
         deadline = time.monotonic() + timeout
         missing = list(asset_names)
         while time.monotonic() < deadline:
-            found = shown_names(driver.execute(PAGE_TEXT_JS) or "", asset_names)
+            found = shown_names(driver.execute_script(PAGE_TEXT_JS) or "", asset_names)
             missing = [name for name in asset_names if name not in found]
             if not missing:
                 break
@@ -384,14 +343,14 @@ def screenshot_asset_graph(
         if missing:
             failed = out.with_suffix(".failed.png")
             failed.parent.mkdir(parents=True, exist_ok=True)
-            failed.write_bytes(driver.screenshot_png())
+            failed.write_bytes(driver.get_screenshot_as_png())
             raise RuntimeError(
                 f"{url}: asset names {missing} not in the page after {timeout:.0f}s; "
                 f"screenshot of what it showed: {failed}"
             )
         time.sleep(settle)  # the graph zooms to fit after layout: let the animation finish
-        png = driver.screenshot_png()
-        found = shown_names(driver.execute(PAGE_TEXT_JS) or "", asset_names)
+        png = driver.get_screenshot_as_png()
+        found = shown_names(driver.execute_script(PAGE_TEXT_JS) or "", asset_names)
     if not png.startswith(PNG_MAGIC):
         raise RuntimeError("WebDriver returned something that is not a PNG")
     out.parent.mkdir(parents=True, exist_ok=True)

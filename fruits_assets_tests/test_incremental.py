@@ -1,0 +1,139 @@
+"""New photos cost only their own work: incremental runs, on real local Spark, and the sensor on
+the images root (a local folder, and a bucket on moto's S3 server).
+
+A run reuses the stored arrays and vectors of images whose path and content (sha256) are
+unchanged, at the same image size and with the same model; it decodes and featurizes only new
+or changed images, and deleted images disappear from every asset. The counts are asserted from
+the assets' own metadata (`reused`, `computed`, `removed`, and raw_images' `decoded_to_check`).
+"""
+
+import json
+import shutil
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from fruits_assets.sample_data import draw_fruit, generate_sample
+from fruits_assets.sensors import images_root_sensor
+from fruits_assets_tests.helpers import io_manager, load, materialize, metadata_of, run_config
+
+
+def csv_rows(out) -> pd.DataFrame:
+    return pd.read_csv(out / "pca_features_csv" / "pca_features.csv").set_index("path").sort_index()
+
+
+def add_class(root, name: str, count: int, seed: int = 7) -> None:
+    import random
+
+    rng = random.Random(seed)
+    folder = root / "Training" / name
+    folder.mkdir(parents=True)
+    for i in range(count):
+        draw_fruit("Kiwi 1", rng).save(folder / f"{i}_100.jpg", quality=95)
+
+
+@pytest.fixture
+def images(tmp_path):
+    return generate_sample(tmp_path / "images", 4, 2)  # 48 images
+
+
+def test_a_second_run_computes_only_what_changed_and_equals_a_run_from_scratch(spark, images, tmp_path):
+    out = tmp_path / "out"
+    first = materialize(out, run_config(images))
+    assert first.success
+    assert metadata_of(first, "image_features")["computed"] == 48
+
+    add_class(images, "Kiwi Gold 1", 3)                                          # 3 new
+    changed = sorted((images / "Training" / "Apple Red 1").glob("*.jpg"))[:2]    # 2 changed
+    for path in changed:
+        path.write_bytes((images / "Test" / "Banana 1" / "0_100.jpg").read_bytes())
+    (images / "Test" / "Lime 1" / "1_100.jpg").unlink()                          # 1 removed
+    second = materialize(out, run_config(images))
+    assert second.success
+    raw, pre, feat = (metadata_of(second, a) for a in ("raw_images", "preprocessed_images", "image_features"))
+    assert raw["decoded_to_check"] == 5 and raw["images"] == 50
+    assert (pre["computed"], pre["reused"], pre["removed"]) == (5, 45, 3)  # removed: 2 changed + 1 deleted
+    assert (feat["computed"], feat["reused"], feat["removed"]) == (5, 45, 3)
+
+    # The same CSV as a run from scratch on the final folder.
+    scratch = materialize(tmp_path / "scratch", run_config(images))
+    assert scratch.success
+    incremental, fresh = csv_rows(out), csv_rows(tmp_path / "scratch")
+    assert list(incremental.index) == list(fresh.index) and len(fresh) == 50
+    pcs = [c for c in fresh.columns if c.startswith("pc_")]
+    assert list(incremental.columns) == list(fresh.columns)
+    np.testing.assert_allclose(incremental[pcs].to_numpy(), fresh[pcs].to_numpy(), atol=1e-4)
+
+
+def test_a_setting_that_changes_outputs_recomputes_everything(spark, images, tmp_path):
+    out = tmp_path / "out"
+    assert materialize(out, run_config(images, image_size=96)).success
+    bigger = materialize(out, run_config(images, image_size=128))
+    assert bigger.success
+    for asset in ("preprocessed_images", "image_features"):
+        meta = metadata_of(bigger, asset)
+        assert (meta["computed"], meta["reused"]) == (48, 0), (asset, meta)
+    assert metadata_of(bigger, "raw_images")["decoded_to_check"] == 0  # the files did not change
+
+
+def test_an_interrupted_run_keeps_the_last_version_and_the_next_run_computes_only_what_is_missing(
+    spark, images, tmp_path
+):
+    out = tmp_path / "out"
+    assert materialize(out, run_config(images)).success
+    before = io_manager(out).current(dg.AssetKey("image_features"))
+    add_class(images, "Kiwi Gold 1", 4)
+    # A run that fails in image_features (its weights file is not MobileNetV2's).
+    broken = tmp_path / "broken.weights.h5"
+    broken.write_text("not hdf5")
+    failed = materialize(out, run_config(images, broken), raise_on_error=False)
+    assert not failed.success
+    assert io_manager(out).current(dg.AssetKey("image_features")) == before, "the last version stays"
+    assert metadata_of(failed, "preprocessed_images")["computed"] == 4
+    again = materialize(out, run_config(images))
+    assert again.success
+    assert metadata_of(again, "preprocessed_images")["computed"] == 0, "published by the failed run: reused"
+    assert metadata_of(again, "image_features")["computed"] == 4
+    assert load(out, "image_features").count() == 52
+
+
+def sensor_tick(cursor, monkeypatch, root, **env):
+    monkeypatch.setenv("FRUITS_IMAGES_ROOT", str(root))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(cursor=cursor, instance=instance)
+        result = images_root_sensor(context)
+        return result, context.cursor
+
+
+def test_the_sensor_asks_for_a_run_when_images_change_locally(images, monkeypatch):
+    first, cursor = sensor_tick(None, monkeypatch, images)
+    assert isinstance(first, dg.SensorResult) and len(first.run_requests) == 1
+    assert first.run_requests[0].tags["fruits/images_seen"] == "Test: 16 files (new); Training: 32 files (new)"
+    quiet, same = sensor_tick(first.cursor, monkeypatch, images)
+    assert isinstance(quiet, dg.SkipReason) and "No change" in quiet.skip_message
+    add_class(images, "Kiwi Gold 1", 3)
+    shutil.rmtree(images / "Test" / "Lime 1")
+    changed, _ = sensor_tick(first.cursor, monkeypatch, images)
+    assert changed.run_requests[0].tags["fruits/images_seen"] == (
+        "Test: 14 files (was 16, changed); Training: 35 files (was 32, changed)"
+    )
+    assert changed.run_requests[0].run_key != first.run_requests[0].run_key
+
+
+def test_the_sensor_watches_a_bucket(images, monkeypatch, s3_bucket, moto_server):
+    import boto3
+
+    s3 = boto3.client("s3", region_name="eu-west-1", endpoint_url=moto_server)
+    for path in sorted(p for p in images.rglob("*.jpg")):
+        s3.upload_file(str(path), s3_bucket, f"images/{path.relative_to(images).as_posix()}")
+    root = f"s3://{s3_bucket}/images"
+    first, _ = sensor_tick(None, monkeypatch, root, FRUITS_S3_ENDPOINT_URL=moto_server)
+    assert first.run_requests[0].tags["fruits/images_seen"] == "Test: 16 files (new); Training: 32 files (new)"
+    s3.put_object(Bucket=s3_bucket, Key="images/Test/Lime 1/0_100.jpg", Body=b"changed bytes")
+    changed, _ = sensor_tick(first.cursor, monkeypatch, root, FRUITS_S3_ENDPOINT_URL=moto_server)
+    assert changed.run_requests[0].tags["fruits/images_seen"] == "Test: 16 files (changed); Training: 32 files (unchanged)"
+    assert json.loads(changed.cursor)["Test"]["files"] == 16
