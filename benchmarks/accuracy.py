@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -24,10 +25,10 @@ def main(argv=None) -> None:
     import pandas as pd
     from sklearn.linear_model import LogisticRegression
 
+    from fruits_assets.constants import FEATURE_DIM
     from fruits_assets.featurize import LiteRTFeatures, feature_model, resolve_weights
     from fruits_assets.images import decode_image
     from fruits_assets.pca import fit_pca
-    from fruits_assets.constants import FEATURE_DIM
     from fruits_assets.spark_jobs import as_vectors
     from fruits_assets.storage import Storage
 
@@ -46,7 +47,7 @@ def main(argv=None) -> None:
     for size in args.sizes:
         weights = resolve_weights(args.weights, size, Storage())
         model = LiteRTFeatures(feature_model(weights, size).flatbuffer, threads=2)
-        images = np.stack([decode_image(open(f.path, "rb").read(), size) for f in listed])
+        images = np.stack([decode_image(Path(f.path).read_bytes(), size) for f in listed])
         started = time.perf_counter()
         features = model(images)
         seconds = time.perf_counter() - started
@@ -59,9 +60,13 @@ def main(argv=None) -> None:
         print(rows[-1], flush=True)
     spark.stop()
     print(f"\nmachine: {machine()}; {time.strftime('%Y-%m-%d')}")
-    print(f"data: {args.images_root}: {int(train.sum())} Training, {int(test.sum())} Test images, "
-          f"{len(set(labels))} classes; weights {args.weights}")
-    print(f"| size | PCA k (variance {args.variance}) | test accuracy (PCA -> LogReg) | test accuracy (1280-d -> LogReg) |")
+    print(
+        f"data: {args.images_root}: {int(train.sum())} Training, {int(test.sum())} Test images, "
+        f"{len(set(labels))} classes; weights {args.weights}"
+    )
+    print(
+        f"| size | PCA k (variance {args.variance}) | test accuracy (PCA -> LogReg) | test accuracy (1280-d -> LogReg) |"
+    )
     print("|---|---|---|---|")
     for size, k, accuracy, raw, _ in rows:
         print(f"| {size} | {k} | {accuracy:.3f} | {raw:.3f} |")

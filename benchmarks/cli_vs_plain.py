@@ -117,7 +117,8 @@ def run(command: list[str], env: dict, log: Path) -> dict:
         sampler.join()
     wall = time.perf_counter() - started
     if code != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({code}): see {log}")
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
+        raise SystemExit(f"{tail}\n{' '.join(command)} failed ({code}): see {log}")
     return {"wall": wall, "peak_rss_mb": {k: v // 2**20 for k, v in peaks.items() if k != "gone"}}
 
 
@@ -158,22 +159,55 @@ def main(argv=None) -> None:
     for count in args.images:
         folder = photos(Path(args.source), count)
         for size in args.sizes:
-            model = feature_model(resolve_weights(args.weights, size, Storage()), size, Storage(), str(BENCH_DIR / "_models"))
+            model = feature_model(
+                resolve_weights(args.weights, size, Storage()), size, Storage(), str(BENCH_DIR / "_models")
+            )
             tflite = BENCH_DIR / "_models" / f"{model.key}.tflite"
             for attempt in range(args.repeat):
                 with tempfile.TemporaryDirectory(dir=BENCH_DIR) as tmp:
                     tmp = Path(tmp)
                     (tmp / "home").mkdir()
                     env = {
-                        **os.environ, "DAGSTER_HOME": str(tmp / "home"), "FRUITS_OUTPUT_ROOT": str(tmp / "out"),
-                        "FRUITS_IMAGES_ROOT": str(folder), "FRUITS_IMAGE_SIZE": str(size),
+                        **os.environ,
+                        "DAGSTER_HOME": str(tmp / "home"),
+                        "FRUITS_OUTPUT_ROOT": str(tmp / "out"),
+                        "FRUITS_IMAGES_ROOT": str(folder),
+                        "FRUITS_IMAGE_SIZE": str(size),
                         "FRUITS_MODEL_WEIGHTS": args.weights,
                     }
-                    keras = run([python, "-m", "benchmarks.plain", "keras", "--images", str(folder), "--size", str(size),
-                                 "--weights", args.weights], env, tmp / "keras.log")
+                    keras = run(
+                        [
+                            python,
+                            "-m",
+                            "benchmarks.plain",
+                            "keras",
+                            "--images",
+                            str(folder),
+                            "--size",
+                            str(size),
+                            "--weights",
+                            args.weights,
+                        ],
+                        env,
+                        tmp / "keras.log",
+                    )
                     keras.update(json.loads((tmp / "keras.log").read_text().strip().splitlines()[-1]))
-                    litert = run([python, "-m", "benchmarks.plain", "litert", "--images", str(folder), "--size", str(size),
-                                  "--model", str(tflite)], env, tmp / "litert.log")
+                    litert = run(
+                        [
+                            python,
+                            "-m",
+                            "benchmarks.plain",
+                            "litert",
+                            "--images",
+                            str(folder),
+                            "--size",
+                            str(size),
+                            "--model",
+                            str(tflite),
+                        ],
+                        env,
+                        tmp / "litert.log",
+                    )
                     litert.update(json.loads((tmp / "litert.log").read_text().strip().splitlines()[-1]))
                     for state in ("cold", "warm"):
                         # Each run on a new output folder (a run on the same folder would reuse every
@@ -183,19 +217,34 @@ def main(argv=None) -> None:
                         out = tmp / f"out-{state}"
                         if state == "warm":
                             shutil.copytree(tmp / "out-cold" / "_models", out / "_models")
-                        cli = run([dagster, "asset", "materialize", "-m", "fruits_assets.definitions", "--select", SELECT],
-                                  {**env, "FRUITS_OUTPUT_ROOT": str(out)}, tmp / "cli.log")
+                        cli = run(
+                            [dagster, "asset", "materialize", "-m", "fruits_assets.definitions", "--select", SELECT],
+                            {**env, "FRUITS_OUTPUT_ROOT": str(out)},
+                            tmp / "cli.log",
+                        )
                         log = (tmp / "cli.log").read_text()
                         done = re.search(r"image_features: done, (\d+) rows in (\d+) s, ([\d.]+)/s", log)
-                        cli.update(stages=stage_seconds(tmp / "home"), featurize_img_per_s=float(done.group(3)) if done else None)
-                        row = {"images": count, "size": size, "run": state, "attempt": attempt,
-                               "keras": keras, "litert": litert, "cli": cli}
+                        cli.update(
+                            stages=stage_seconds(tmp / "home"),
+                            featurize_img_per_s=float(done.group(3)) if done else None,
+                        )
+                        row = {
+                            "images": count,
+                            "size": size,
+                            "run": state,
+                            "attempt": attempt,
+                            "keras": keras,
+                            "litert": litert,
+                            "cli": cli,
+                        }
                         results.append(row)
                         print(json.dumps(row), flush=True)
 
     print(f"\nmachine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}; load average now {os.getloadavg()[0]:.1f}")
-    print("| images | size | run | plain Keras img/s | plain LiteRT img/s | pipeline img/s | **vs Keras** | vs LiteRT "
-          "| featurization img/s (vs LiteRT loop) | stages (s) | peak RSS MB: CLI / JVM / Python worker |")
+    print(
+        "| images | size | run | plain Keras img/s | plain LiteRT img/s | pipeline img/s | **vs Keras** | vs LiteRT "
+        "| featurization img/s (vs LiteRT loop) | stages (s) | peak RSS MB: CLI / JVM / Python worker |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in results:
         n, keras, litert, cli = row["images"], row["keras"], row["litert"], row["cli"]

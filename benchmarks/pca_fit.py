@@ -62,7 +62,9 @@ def main(argv=None) -> None:
         print(f"rows={rows} fit seconds={[round(t, 2) for t in times]} k={model.k}", flush=True)
     spark.stop()
     print(f"\nmachine: {machine()}; {time.strftime('%Y-%m-%d')}; local[{args.cores}]")
-    print("| rows | dim | fit s (best) | fit s (runs) | k (target %.2f, max %d) | peak RSS spark MB |" % (args.variance, args.max_k))
+    print(
+        f"| rows | dim | fit s (best) | fit s (runs) | k (target {args.variance:.2f}, max {args.max_k}) | peak RSS spark MB |"
+    )
     print("|---|---|---|---|---|---|")
     for rows, times, k, peak in results:
         print(f"| {rows} | {FEATURE_DIM} | {min(times):.2f} | {[round(t, 2) for t in times]} | {k} | {peak // 2**20} |")

@@ -84,11 +84,19 @@ def main(argv=None) -> None:
         model_seconds += time.perf_counter() - tick
         count += len(features)
     seconds = time.perf_counter() - started
-    print(json.dumps({
-        "engine": args.engine, "images": count, "loop_seconds": round(seconds, 2),
-        "loop_img_per_s": round(count / seconds, 1), "model_img_per_s": round(count / model_seconds, 1),
-        "batch": batch, "threads": args.threads if args.engine == "litert" else "tf default",
-    }))
+    print(
+        json.dumps(
+            {
+                "engine": args.engine,
+                "images": count,
+                "loop_seconds": round(seconds, 2),
+                "loop_img_per_s": round(count / seconds, 1),
+                "model_img_per_s": round(count / model_seconds, 1),
+                "batch": batch,
+                "threads": args.threads if args.engine == "litert" else "tf default",
+            }
+        )
+    )
     sys.stdout.flush()
 
 

@@ -62,6 +62,7 @@ def emr_steps_per_run() -> list[str]:
             steps.append(definition.node_def.name)
     return sorted(steps)
 
+
 TERMINAL_STATES = ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS")
 READY_STATES = ("WAITING", "RUNNING")
 
@@ -197,9 +198,7 @@ def _fleet_request(fleet: dict, cluster: dict) -> dict:
             }
         }
     else:
-        request["LaunchSpecifications"] = {
-            "OnDemandSpecification": {"AllocationStrategy": "lowest-price"}
-        }
+        request["LaunchSpecifications"] = {"OnDemandSpecification": {"AllocationStrategy": "lowest-price"}}
     return request
 
 
@@ -292,9 +291,7 @@ def build_security_configuration(
         }
     if tls_certificates_uri:
         if not tls_certificates_uri.startswith("s3://"):
-            raise FruitsConfigError(
-                f"--tls-certificates {tls_certificates_uri!r} must be an s3:// URI of a PEM zip."
-            )
+            raise FruitsConfigError(f"--tls-certificates {tls_certificates_uri!r} must be an s3:// URI of a PEM zip.")
         encryption["EnableInTransitEncryption"] = True
         encryption["InTransitEncryptionConfiguration"] = {
             "TLSCertificateConfiguration": {
@@ -511,8 +508,7 @@ def cmd_create(args, out=None) -> str:
     emr = _client("emr", region)
     created = ensure_security_configuration(emr, request["SecurityConfiguration"], security)
     print(
-        f"security configuration {request['SecurityConfiguration']}: "
-        f"{'created' if created else 'exists, kept'}",
+        f"security configuration {request['SecurityConfiguration']}: {'created' if created else 'exists, kept'}",
         file=out,
     )
     cluster_id = emr.run_job_flow(**request)["JobFlowId"]
@@ -644,9 +640,7 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--kms-key-id", help="KMS key for local disks (default FRUITS_KMS_KEY_ID)")
     create.add_argument("--s3-kms", action="store_true", help="EMRFS writes with SSE-KMS (that key) instead of SSE-S3")
     create.add_argument("--tls-certificates", help="s3:// URI of a PEM zip: enables in-transit encryption")
-    create.add_argument(
-        "--pip-index-url", help="PyPI mirror for the bootstrap (nodes without internet access)"
-    )
+    create.add_argument("--pip-index-url", help="PyPI mirror for the bootstrap (nodes without internet access)")
     create.add_argument("--wait", action="store_true", help="wait until the cluster is WAITING")
     create.add_argument("--timeout", type=float, default=1800.0, help="--wait timeout, seconds")
     create.add_argument("--poll-seconds", type=float, default=30.0, help=argparse.SUPPRESS)

@@ -17,7 +17,14 @@ from fruits_assets.featurize import FEATURE_COLUMNS, feature_model, featurize_fr
 from fruits_assets.images import MAX_PIXELS
 from fruits_assets.listing import images_root, list_images
 from fruits_assets.pca import PcaModel, fit_pca
-from fruits_assets.plots import class_thumbnails, confusion_plot, markdown_image, markdown_table, scatter_plot, scree_plot
+from fruits_assets.plots import (
+    class_thumbnails,
+    confusion_plot,
+    markdown_image,
+    markdown_table,
+    scatter_plot,
+    scree_plot,
+)
 from fruits_assets.quality import evaluate
 from fruits_assets.settings import FruitsSettings, validate_image_size
 from fruits_assets.spark_jobs import (
@@ -117,8 +124,12 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     if previous is not None:  # path -> (fingerprint, reason, stage): small columns only
         for row in previous.where("fingerprint IS NOT NULL").select("path", "fingerprint", "reason", "stage").collect():
             known[row.path] = (row.fingerprint, row.reason, row.stage)
-    frame = raw_images_frame(spark, listed, root, storage, settings.rows_per_partition, known).persist(StorageLevel.MEMORY_AND_DISK)
-    rows = frame.groupBy("stage", "checked").agg(F.count(F.lit(1)).alias("files"), F.sum("size").alias("bytes")).collect()
+    frame = raw_images_frame(spark, listed, root, storage, settings.rows_per_partition, known).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    rows = (
+        frame.groupBy("stage", "checked").agg(F.count(F.lit(1)).alias("files"), F.sum("size").alias("bytes")).collect()
+    )
     by_stage: dict = {}
     for row in rows:
         by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + row["files"]
@@ -217,7 +228,9 @@ def rejected_images(context: dg.AssetExecutionContext, raw_images):
         metadata={
             "rows": sum(r[2] for r in reasons),
             "by_reason": dg.MetadataValue.md(
-                markdown_table(["stage", "reason", "files"], [list(r) for r in reasons]) if reasons else "No file rejected."
+                markdown_table(["stage", "reason", "files"], [list(r) for r in reasons])
+                if reasons
+                else "No file rejected."
             ),
         },
     )
@@ -252,7 +265,10 @@ def image_features(context: dg.AssetExecutionContext, preprocessed_images):
     if counts["computed"]:
         model = feature_model(weights, size, storage, join(settings.assets_uri(), "_models"))
         computed = featurize_frame(
-            spark, split_for_work(new, counts["computed"], spark, settings.rows_per_partition), model, threads,
+            spark,
+            split_for_work(new, counts["computed"], spark, settings.rows_per_partition),
+            model,
+            threads,
             settings.predict_batch_size,
         )
         features = computed if reused is None else reused.unionByName(computed)
@@ -275,7 +291,9 @@ def image_features(context: dg.AssetExecutionContext, preprocessed_images):
             "weights_sha256": weights.sha256,
             "weights_meaningful": weights.meaningful,
             "engine": "LiteRT (XNNPACK, fp32), converted from the Keras model",
-            "litert_model": key if model is None else f"{key} ({'cached' if model.from_cache else 'converted in this run'})",
+            "litert_model": key
+            if model is None
+            else f"{key} ({'cached' if model.from_cache else 'converted in this run'})",
             "litert_vs_keras_max_abs_diff": model.max_abs_diff
             if model is not None and model.max_abs_diff is not None
             else "not converted in this run (cached, or nothing to featurize)",
@@ -301,16 +319,10 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, image_featur
     started = time.perf_counter()
     settings = settings_of(context)
     spark_for(context, "pca_model")
-    train = (
-        as_vectors(image_features.where(F.col("split") == config.train_split))
-        .select("features", "label")
-        .cache()
-    )
+    train = as_vectors(image_features.where(F.col("split") == config.train_split)).select("features", "label").cache()
     train_rows = train.count()
     if train_rows == 0:
-        raise FruitsConfigError(
-            f"No valid image in the {config.train_split!r} split: PCA is fitted on it only."
-        )
+        raise FruitsConfigError(f"No valid image in the {config.train_split!r} split: PCA is fitted on it only.")
     model = fit_pca(train, FEATURE_DIM, train_rows, settings.pca_variance, settings.pca_max_k)
     seconds = time.perf_counter() - started
     sample = (  # a bounded sample for the scatter plot, not the data set
@@ -398,9 +410,7 @@ def pca_quality(context: dg.AssetExecutionContext, pca_features_csv):
             "train_rows": result.train_rows,
             "test_rows": result.test_rows,
             "classifier": "LogisticRegression (scikit-learn) on the pc_* columns, Training -> Test",
-            "per_class": dg.MetadataValue.md(
-                markdown_table(list(per_class.columns), per_class.values.tolist())
-            ),
+            "per_class": dg.MetadataValue.md(markdown_table(list(per_class.columns), per_class.values.tolist())),
             "confusion_matrix": dg.MetadataValue.md(
                 markdown_image(confusion_plot(result.confusion, result.classes), "confusion matrix")
             ),

@@ -42,18 +42,28 @@ def audit(context, check: str, passed: bool, assets: list[str], metadata: dict) 
     return dg.AssetCheckResult(passed=passed, metadata=metadata)
 
 
+def blocking_check(asset, name: str, description: str, *others: str):
+    """The decorator of a blocking Spark check that publishes `asset` when it passes (one place
+    for what the three share); `others` are the upstream assets it compares with."""
+    return dg.asset_check(
+        asset=asset,
+        name=name,
+        description=description,
+        blocking=True,
+        additional_ins={other: dg.AssetIn() for other in others},
+        required_resource_keys=SPARK_CHECK_RESOURCES,
+    )
+
+
 def reconcile(listed: int, preprocessed: int, rejected: int) -> bool:
     return listed == preprocessed + rejected
 
 
-@dg.asset_check(
-    asset=preprocessed_images,
-    name="counts_reconcile",
-    description="Files listed = images preprocessed + files rejected (quarantined in raw_images): "
-    "nothing disappears.",
-    blocking=True,
-    additional_ins={"raw_images": dg.AssetIn()},
-    required_resource_keys=SPARK_CHECK_RESOURCES,
+@blocking_check(
+    preprocessed_images,
+    "counts_reconcile",
+    "Files listed = images preprocessed + files rejected (quarantined in raw_images): nothing disappears.",
+    "raw_images",
 )
 def counts_reconcile(context, preprocessed_images, raw_images) -> dg.AssetCheckResult:
     listed, valid = raw_images.count(), preprocessed_images.count()
@@ -67,13 +77,11 @@ def counts_reconcile(context, preprocessed_images, raw_images) -> dg.AssetCheckR
     )
 
 
-@dg.asset_check(
-    asset=image_features,
-    name="vectors_complete_and_finite",
-    description="One feature row per preprocessed image; every vector has 1280 finite values.",
-    blocking=True,
-    additional_ins={"preprocessed_images": dg.AssetIn()},
-    required_resource_keys=SPARK_CHECK_RESOURCES,
+@blocking_check(
+    image_features,
+    "vectors_complete_and_finite",
+    "One feature row per preprocessed image; every vector has 1280 finite values.",
+    "preprocessed_images",
 )
 def vectors_complete_and_finite(context, image_features, preprocessed_images) -> dg.AssetCheckResult:
     from pyspark.sql import functions as F
@@ -81,9 +89,7 @@ def vectors_complete_and_finite(context, image_features, preprocessed_images) ->
     bad_vector = (F.size("features") != FEATURE_DIM) | F.exists(
         "features", lambda x: F.isnan(x) | (F.abs(x) == float("inf"))
     )
-    counts = image_features.agg(
-        F.count(F.lit(1)).alias("rows"), F.sum(bad_vector.cast("int")).alias("bad")
-    ).first()
+    counts = image_features.agg(F.count(F.lit(1)).alias("rows"), F.sum(bad_vector.cast("int")).alias("bad")).first()
     rows, bad = counts["rows"], counts["bad"] or 0
     images = preprocessed_images.count()
     return audit(
@@ -113,13 +119,12 @@ def variance_target_reached(pca_model) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(
-    asset=pca_features_csv,
-    name="csv_matches_features",
-    description="The CSV has one row per feature row, header path,label,split,pc_1..pc_k.",
-    blocking=True,
-    additional_ins={"image_features": dg.AssetIn(), "pca_model": dg.AssetIn()},
-    required_resource_keys=SPARK_CHECK_RESOURCES,
+@blocking_check(
+    pca_features_csv,
+    "csv_matches_features",
+    "The CSV has one row per feature row, header path,label,split,pc_1..pc_k.",
+    "image_features",
+    "pca_model",
 )
 def csv_matches_features(context, pca_features_csv, image_features, pca_model) -> dg.AssetCheckResult:
     expected_header = ["path", "label", "split", *[f"pc_{i}" for i in range(1, pca_model.k + 1)]]

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from fruits_assets import assets, checks
-from fruits_assets.sensors import images_root_sensor
 from fruits_assets.resources import fruits_resources
+from fruits_assets.sensors import images_root_sensor
 
 all_assets = dg.load_assets_from_modules([assets])
 all_checks = dg.load_asset_checks_from_modules([checks])

@@ -199,7 +199,9 @@ def check_litert(flatbuffer: bytes, model, image_size: int, atol: float = 1e-4) 
     finite = ~np.isnan(expected)
     diff = float(np.abs(got[finite] - expected[finite]).max()) if same_nans and finite.any() else 0.0
     if not same_nans or not diff <= atol:
-        raise FruitsConfigError(f"The LiteRT conversion differs from Keras (by {diff:.3g} > {atol}, or in NaNs): not used.")
+        raise FruitsConfigError(
+            f"The LiteRT conversion differs from Keras (by {diff:.3g} > {atol}, or in NaNs): not used."
+        )
     return diff
 
 

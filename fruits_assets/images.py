@@ -43,9 +43,7 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageRejected(
-                    f"too many pixels ({width}x{height} > {max_pixels:,}): possible decompression bomb"
-                )
+                raise ImageRejected(f"too many pixels ({width}x{height} > {max_pixels:,}): possible decompression bomb")
             if image.format not in ("JPEG", "PNG"):
                 raise ImageRejected(f"unsupported image format {image.format}")
             image.load()

@@ -129,8 +129,13 @@ class FruitsIOManager(dg.ConfigurableIOManager):
         # (and, with the asset's row count, the throughput) of the whole stage.
         seconds = time.perf_counter() - started
         metadata.update(
-            {"stored_at": dg.MetadataValue.path(uri), "version": version, "publication": publication,
-             "format": manifest["format"], "write_seconds": round(seconds, 2)}
+            {
+                "stored_at": dg.MetadataValue.path(uri),
+                "version": version,
+                "publication": publication,
+                "format": manifest["format"],
+                "write_seconds": round(seconds, 2),
+            }
         )
         rows = _metadata_number(context.output_metadata.get("rows"))
         if rows and seconds > 0:
@@ -149,8 +154,9 @@ class FruitsIOManager(dg.ConfigurableIOManager):
             # Spark is lazy: the whole stage runs now, so this is where its progress is told.
             rows = _metadata_number(context.output_metadata.get("rows"))
             log = context.log.info if context.has_asset_key and context.step_context else print
-            with spark_filesystem_errors(place.uri), SparkProgress(
-                obj.sparkSession, log, context.asset_key.to_user_string(), rows
+            with (
+                spark_filesystem_errors(place.uri),
+                SparkProgress(obj.sparkSession, log, context.asset_key.to_user_string(), rows),
             ):
                 obj.write.mode("overwrite").parquet(place.uri)
             return {"format": "parquet"}, {}
@@ -177,8 +183,12 @@ class FruitsIOManager(dg.ConfigurableIOManager):
 
     def load_manifest(self, manifest: dict):
         store = self.store()
-        place = Place(manifest["location"], store.storage, lambda: self.pyspark.spark_session,
-                      store.asset_dir(manifest.get("asset", "")))
+        place = Place(
+            manifest["location"],
+            store.storage,
+            lambda: self.pyspark.spark_session,
+            store.asset_dir(manifest.get("asset", "")),
+        )
         fmt = manifest["format"]
         if fmt == "parquet":
             with spark_filesystem_errors(place.uri):

@@ -40,10 +40,7 @@ def classify(root: str, path: str) -> ListedFile:
     elif not name.lower().endswith(IMAGE_EXTENSIONS):
         reason = f"not an image file name (expected {', '.join(IMAGE_EXTENSIONS)})"
     elif len(parts) != 3:
-        reason = (
-            f"wrong depth ({len(parts) - 1} folders below the root): expected "
-            "<split>/<Class Name>/<file>"
-        )
+        reason = f"wrong depth ({len(parts) - 1} folders below the root): expected <split>/<Class Name>/<file>"
     else:
         reason = None
     return ListedFile(path=path, split=split, label=label, reason=reason)

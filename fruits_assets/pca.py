@@ -133,9 +133,7 @@ class PcaModel:
             )
 
 
-def fit_pca(
-    train_vectors, dim: int, train_rows: int, variance_target: float, max_k: int
-) -> PcaModel:
+def fit_pca(train_vectors, dim: int, train_rows: int, variance_target: float, max_k: int) -> PcaModel:
     """Fit on a DataFrame with a `features` Vector column (cached by the caller: one pass)."""
     from pyspark.ml import Pipeline, PipelineModel
     from pyspark.ml.feature import PCA, ElementwiseProduct, StandardScaler, VectorSlicer

@@ -56,8 +56,13 @@ def scatter_plot(scores: np.ndarray, labels: list[str]) -> bytes:
     labels_array = np.asarray(labels)
     for i, name in enumerate(classes):
         points = scores[labels_array == name]
-        ax.scatter(points[:, 0], points[:, 1] if scores.shape[1] > 1 else np.zeros(len(points)),
-                   s=14, color=colours(i), label=name)
+        ax.scatter(
+            points[:, 0],
+            points[:, 1] if scores.shape[1] > 1 else np.zeros(len(points)),
+            s=14,
+            color=colours(i),
+            label=name,
+        )
     ax.set(xlabel="pc_1", ylabel="pc_2")
     ax.set_title("Training images on the first two components")
     if len(classes) <= 20:
@@ -72,8 +77,15 @@ def confusion_plot(matrix: np.ndarray, classes: list[str]) -> bytes:
     ax.set_yticks(range(len(classes)), classes, fontsize=7)
     for (i, j), value in np.ndenumerate(matrix):
         if value:
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                    color="white" if value > matrix.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(value),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if value > matrix.max() / 2 else "black",
+            )
     ax.set(xlabel="predicted", ylabel="true")
     ax.set_title("Confusion matrix (Test split)")
     return _png(plt, fig)
@@ -88,7 +100,7 @@ def thumbnail_sheet(samples: list[tuple[str, bytes]], columns: int = 6, size: in
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.45), dpi=70, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, (label, data) in zip(axes.ravel(), samples):
+    for ax, (label, data) in zip(axes.ravel(), samples, strict=False):
         try:
             image = Image.open(io.BytesIO(data)).convert("RGB")
             image.thumbnail((size, size))

@@ -18,8 +18,16 @@ class SparkProgress:
     """A context manager around one Spark action: a line every `step` of the work (10%) or every
     `every` seconds (30 s), whichever comes first, and one when it ends."""
 
-    def __init__(self, spark, log: Callable[[str], None], what: str, rows: int | None,
-                 every: float = 30.0, step: float = 0.1, poll: float = 0.5):
+    def __init__(
+        self,
+        spark,
+        log: Callable[[str], None],
+        what: str,
+        rows: int | None,
+        every: float = 30.0,
+        step: float = 0.1,
+        poll: float = 0.5,
+    ):
         self.spark, self.log, self.what, self.rows = spark, log, what, rows
         self.every, self.step, self.poll = every, step, poll
         self.group = f"fruits-{what}-{uuid.uuid4().hex[:8]}"
@@ -76,8 +84,7 @@ class SparkProgress:
         rate = rows_done / seconds if seconds > 0 else 0.0
         eta = f", ETA {(self.rows - rows_done) / rate:.0f} s" if rate > 0 and rows_done < self.rows else ""
         return (
-            f"{self.what}: {rows_done}/{self.rows} rows ({fraction:.0%}, {done}/{total} tasks), "
-            f"{rate:.1f} rows/s{eta}"
+            f"{self.what}: {rows_done}/{self.rows} rows ({fraction:.0%}, {done}/{total} tasks), {rate:.1f} rows/s{eta}"
         )
 
     def _say(self, line: str) -> None:

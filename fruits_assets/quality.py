@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fruits_assets.errors import FruitsConfigError
 from fruits_assets.constants import TRAIN_SPLIT
+from fruits_assets.errors import FruitsConfigError
 
 
 @dataclass
@@ -42,9 +42,7 @@ def evaluate(table: pd.DataFrame, train_split: str = TRAIN_SPLIT, test_split: st
     predicted = model.predict(test[pcs].to_numpy())
     truth = test["label"].to_numpy()
     classes = sorted(set(train["label"]) | set(truth))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        truth, predicted, labels=classes, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=classes, zero_division=0)
     return Evaluation(
         accuracy=float(np.mean(predicted == truth)),
         macro_f1=float(f1_score(truth, predicted, labels=sorted(set(truth)), average="macro", zero_division=0)),

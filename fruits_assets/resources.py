@@ -9,7 +9,6 @@ starts), and the only things it changes are decided here and in `FruitsSettings.
 Assets never branch on the deployment.
 """
 
-
 import dagster as dg
 
 from fruits_assets.errors import FruitsConfigError
@@ -45,3 +44,18 @@ def fruits_resources(settings: FruitsSettings | None = None) -> dict:
         "pyspark_step_launcher": step_launcher,
         "io_manager": FruitsIOManager(settings=settings, pyspark=spark),
     }
+
+
+def load_asset_value(asset: str, settings: FruitsSettings | None = None):
+    """The current (published) value of `asset`, as the next run would read it: a Spark
+    DataFrame for the Parquet assets (a local Spark session is started on first use), a
+    `PcaModel`, a pandas DataFrame for `pca_features_csv`, a dict for `pca_quality`.
+
+    For notebooks and scripts; the settings default to the environment's (FRUITS_OUTPUT_ROOT, or
+    FRUITS_DEPLOYMENT=emr with its bucket and prefix: the CSV and the PCA model load from S3
+    through boto3, Parquet assets need Spark with an S3 connector, i.e. the cluster).
+    (`Definitions.load_asset_value` cannot build the run-time `settings` resource outside a run.)
+    """
+    resources = fruits_resources(settings if settings is not None else FruitsSettings())
+    manager: FruitsIOManager = resources["io_manager"]
+    return manager.load_manifest(manager.current(dg.AssetKey(asset)))

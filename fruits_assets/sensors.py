@@ -73,6 +73,8 @@ def images_root_sensor(context: dg.SensorEvaluationContext):
     context.log.info(f"{root}: {seen}")
     run_key = hashlib.sha256(json.dumps(now, sort_keys=True).encode()).hexdigest()[:16]
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=run_key, tags={"fruits/images_root": root, "fruits/images_seen": seen[:200]})],
+        run_requests=[
+            dg.RunRequest(run_key=run_key, tags={"fruits/images_root": root, "fruits/images_seen": seen[:200]})
+        ],
         cursor=json.dumps(now, sort_keys=True),
     )

@@ -39,20 +39,30 @@ class FruitsSettings(dg.ConfigurableResource):
     """The settings of a run (see the module docstring; README 'Configuration' lists them)."""
 
     # -- where it runs and stores ------------------------------------------------------------
-    deployment: str | None = setting("FRUITS_DEPLOYMENT", "local", "'local' (Spark on this machine) or 'emr' (AWS EMR).")
+    deployment: str | None = setting(
+        "FRUITS_DEPLOYMENT", "local", "'local' (Spark on this machine) or 'emr' (AWS EMR)."
+    )
     output_root: str | None = setting(
-        "FRUITS_OUTPUT_ROOT", "", "local: folder (or s3:// URI) of the assets ('' = $DAGSTER_HOME/fruits_output, else ./fruits_output)."
+        "FRUITS_OUTPUT_ROOT",
+        "",
+        "local: folder (or s3:// URI) of the assets ('' = $DAGSTER_HOME/fruits_output, else ./fruits_output).",
     )
     spark_master: str | None = setting("FRUITS_SPARK_MASTER", "local[*]", "local: the Spark master.")
     s3_bucket: str | None = setting("FRUITS_S3_BUCKET", "", "emr: bucket of assets, staging and logs (required).")
     s3_prefix: str | None = setting("FRUITS_S3_PREFIX", "fruits", "emr: key prefix of everything Fruits! writes.")
-    aws_region: str | None = setting("FRUITS_AWS_REGION", EU_REGION, "emr: AWS region (GDPR: eu-west-1 only, unless allowed).")
+    aws_region: str | None = setting(
+        "FRUITS_AWS_REGION", EU_REGION, "emr: AWS region (GDPR: eu-west-1 only, unless allowed)."
+    )
     allow_non_eu_region: bool | None = setting(
-        "FRUITS_ALLOW_NON_EU_REGION", False, "Allow a region other than eu-west-1 (data-protection officer's agreement)."
+        "FRUITS_ALLOW_NON_EU_REGION",
+        False,
+        "Allow a region other than eu-west-1 (data-protection officer's agreement).",
     )
     s3_endpoint_url: str | None = setting("FRUITS_S3_ENDPOINT_URL", "", "S3 endpoint for boto3 ('' = AWS's).")
     kms_key_id: str | None = setting("FRUITS_KMS_KEY_ID", "", "KMS key for SSE-KMS of what boto3 writes ('' = SSE-S3).")
-    emr_cluster_id: str | None = setting("FRUITS_EMR_CLUSTER_ID", "", "emr: the cluster steps run on, j-... (required).")
+    emr_cluster_id: str | None = setting(
+        "FRUITS_EMR_CLUSTER_ID", "", "emr: the cluster steps run on, j-... (required)."
+    )
     emr_staging_prefix: str | None = setting(
         "FRUITS_EMR_STAGING_PREFIX", "", "emr: where steps are staged ('' = <s3_prefix>/emr-staging)."
     )
@@ -61,26 +71,38 @@ class FruitsSettings(dg.ConfigurableResource):
         False,
         "emr: after each step, wait for EMR's log upload (~5 min/step, billed) to show the Spark driver's logs.",
     )
-    emr_poll_seconds: float | None = setting("FRUITS_EMR_POLL_SECONDS", 15.0, "emr: seconds between two polls of a step.")
+    emr_poll_seconds: float | None = setting(
+        "FRUITS_EMR_POLL_SECONDS", 15.0, "emr: seconds between two polls of a step."
+    )
     lock_wait_seconds: float | None = setting(
         "FRUITS_LOCK_WAIT_SECONDS", 3600.0, "How long a run waits for another run writing the same assets to finish."
     )
     # -- what a run computes -------------------------------------------------------------------
     images_root: str | None = setting(
-        "FRUITS_IMAGES_ROOT", SAMPLE_IMAGES, "Folder or s3:// URI laid out <split>/<Class Name>/<file>.jpg; 'sample' = synthetic."
+        "FRUITS_IMAGES_ROOT",
+        SAMPLE_IMAGES,
+        "Folder or s3:// URI laid out <split>/<Class Name>/<file>.jpg; 'sample' = synthetic.",
     )
-    limit_per_class: int | None = setting("FRUITS_LIMIT_PER_CLASS", 0, "At most this many images per split and class (0 = all).")
+    limit_per_class: int | None = setting(
+        "FRUITS_LIMIT_PER_CLASS", 0, "At most this many images per split and class (0 = all)."
+    )
     image_size: int | None = setting("FRUITS_IMAGE_SIZE", 224, "Model input size: 96, 128, 160, 192 or 224.")
     model_weights: str | None = setting(
-        "FRUITS_MODEL_WEIGHTS", "imagenet", "'imagenet', a path or s3:// URI of a weights file, or 'random' (smoke tests)."
+        "FRUITS_MODEL_WEIGHTS",
+        "imagenet",
+        "'imagenet', a path or s3:// URI of a weights file, or 'random' (smoke tests).",
     )
     predict_batch_size: int | None = setting("FRUITS_PREDICT_BATCH_SIZE", 4, "Images per MobileNetV2 (LiteRT) call.")
-    model_threads: int | None = setting("FRUITS_MODEL_THREADS", 0, "Model threads per Python worker (0 = spark.task.cpus).")
+    model_threads: int | None = setting(
+        "FRUITS_MODEL_THREADS", 0, "Model threads per Python worker (0 = spark.task.cpus)."
+    )
     arrow_batch_rows: int | None = setting("FRUITS_ARROW_BATCH_ROWS", 256, "Rows per Arrow batch to a Python worker.")
     rows_per_partition: int | None = setting("FRUITS_ROWS_PER_PARTITION", 250, "Rows per Spark partition (about).")
     pca_variance: float | None = setting("FRUITS_PCA_VARIANCE", 0.95, "PCA explained-variance target, in (0, 1].")
     pca_max_k: int | None = setting("FRUITS_PCA_MAX_K", 300, "Never more principal components than this.")
-    min_accuracy: float | None = setting("FRUITS_MIN_ACCURACY", 0.8, "accuracy_above_floor warns below this Test accuracy.")
+    min_accuracy: float | None = setting(
+        "FRUITS_MIN_ACCURACY", 0.8, "accuracy_above_floor warns below this Test accuracy."
+    )
 
     _resolved: FruitsSettings | None = PrivateAttr(default=None)
     _error: FruitsConfigError | None = PrivateAttr(default=None)
@@ -176,11 +198,13 @@ def validate(s: FruitsSettings) -> None:
             raise FruitsConfigError(f"{name} must be at least 1, not {getattr(s, name)}.")
     if s.deployment == "emr":
         validate_region(s.aws_region, s.allow_non_eu_region)
-        missing = [env for env, value in (("FRUITS_S3_BUCKET", s.s3_bucket), ("FRUITS_EMR_CLUSTER_ID", s.emr_cluster_id)) if not value]
+        missing = [
+            env
+            for env, value in (("FRUITS_S3_BUCKET", s.s3_bucket), ("FRUITS_EMR_CLUSTER_ID", s.emr_cluster_id))
+            if not value
+        ]
         if missing:
-            raise FruitsConfigError(
-                f"FRUITS_DEPLOYMENT=emr needs {' and '.join(missing)} (README: 'Run on AWS EMR')."
-            )
+            raise FruitsConfigError(f"FRUITS_DEPLOYMENT=emr needs {' and '.join(missing)} (README: 'Run on AWS EMR').")
         if not s.s3_prefix:
             raise FruitsConfigError("FRUITS_S3_PREFIX must not be empty: the cluster may only touch that prefix.")
         if not s.emr_staging_prefix.startswith(s.s3_prefix + "/"):

@@ -4,7 +4,6 @@ Lazily, because in the `emr` deployment the Dagster host only launches steps: th
 in the step's process on the cluster, and the host needs neither Spark nor Java.
 """
 
-
 import contextlib
 import os
 import sys

@@ -15,6 +15,7 @@ import pandas as pd
 from fruits_assets.images import ImageRejected, array_to_bytes, decode_image, open_image
 from fruits_assets.listing import ListedFile
 
+
 def task_slots(spark) -> int:
     """How many Spark tasks run at once."""
     return max(1, spark.sparkContext.defaultParallelism // int(spark.conf.get("spark.task.cpus", "1")))
@@ -113,7 +114,7 @@ def _checked_with(storage, known):
         verdicts = known.value
         for batch in batches:
             reasons, stages, sizes, fingerprints, checked, contents = [], [], [], [], [], []
-            for path, reason, content in zip(batch["path"], batch["reason"], batch["content"]):
+            for path, reason, content in zip(batch["path"], batch["reason"], batch["content"], strict=True):
                 stage, fingerprint, decoded = (None if reason is None else "listing"), None, False
                 if reason is None and content is None:
                     try:
@@ -138,7 +139,9 @@ def _checked_with(storage, known):
                 fingerprints.append(fingerprint)
                 checked.append(decoded)
                 contents.append(content)
-            yield batch.assign(reason=reasons, stage=stages, size=sizes, fingerprint=fingerprints, checked=checked, content=contents)
+            yield batch.assign(
+                reason=reasons, stage=stages, size=sizes, fingerprint=fingerprints, checked=checked, content=contents
+            )
 
     return check
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fruits_assets.errors import FruitsConfigError, StorageUnreachableError
 from fruits_assets.constants import EU_REGION
+from fruits_assets.errors import FruitsConfigError, StorageUnreachableError
 
 
 def is_s3(uri: str) -> bool:
@@ -188,7 +188,9 @@ class Storage:
             bucket, prefix = split_s3(uri)
             prefix = prefix.rstrip("/") + "/"
             folders, files = [], []
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix, Delimiter="/"
+            ):
                 folders += [p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
                 files += [obj["Key"][len(prefix) :] for obj in page.get("Contents", [])]
             return folders, files
@@ -212,7 +214,10 @@ class Storage:
             bucket, key = split_s3(target)
             source_bucket, source_key = split_s3(source)
             self.client.copy_object(
-                Bucket=bucket, Key=key, CopySource={"Bucket": source_bucket, "Key": source_key}, **self.encryption_args()
+                Bucket=bucket,
+                Key=key,
+                CopySource={"Bucket": source_bucket, "Key": source_key},
+                **self.encryption_args(),
             )
             return
         self.upload_file(source, target)
@@ -224,7 +229,9 @@ class Storage:
 
         bucket, key = split_s3(uri)
         try:
-            return self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*", **self.encryption_args())["ETag"]
+            return self.client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*", **self.encryption_args())[
+                "ETag"
+            ]
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return None
@@ -236,9 +243,16 @@ class Storage:
 
         bucket, key = split_s3(uri)
         try:
-            return self.client.put_object(Bucket=bucket, Key=key, Body=data, IfMatch=etag, **self.encryption_args())["ETag"]
+            return self.client.put_object(Bucket=bucket, Key=key, Body=data, IfMatch=etag, **self.encryption_args())[
+                "ETag"
+            ]
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404"):
+            if error.response.get("Error", {}).get("Code") in (
+                "PreconditionFailed",
+                "ConditionalRequestConflict",
+                "NoSuchKey",
+                "404",
+            ):
                 return None
             raise
 

@@ -132,7 +132,9 @@ class VersionStore:
     def snapshot(self, run_id: str) -> dict:
         """Record the current version of every asset, for this run's reads (under the lock)."""
         versions = {asset: manifest for asset in self.assets() if (manifest := self.current(asset))}
-        self._write_json(join(self.root, RUNS, f"{run_id}.json"), {"run_id": run_id, "taken_at": _now(), "assets": versions})
+        self._write_json(
+            join(self.root, RUNS, f"{run_id}.json"), {"run_id": run_id, "taken_at": _now(), "assets": versions}
+        )
         return versions
 
     def started_with(self, asset: str, run_id: str) -> dict | None:
@@ -203,7 +205,10 @@ class RunLock:
 
     def _info(self) -> dict:
         return {
-            "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(), "since": self._since,
+            "run_id": self.run_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": self._since,
             "lease_seconds": self.lease_seconds,
         }
 

@@ -86,8 +86,17 @@ def cluster_python() -> Path:
     steps = [
         [base, "-m", "venv", str(venv)],
         # The bootstrap's own install command (bootstrap.sh), for this machine's platform.
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--only-binary=:all:", "-r", str(requirements)],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "-r",
+            str(requirements),
+        ],
     ]
     for command in steps:
         result = _run(command, timeout=1800)
@@ -106,8 +115,19 @@ def s3a_jars() -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         result = _run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-             S3A_SOURCE, "-d", tmp],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                S3A_SOURCE,
+                "-d",
+                tmp,
+            ],
             timeout=1800,
         )
         if result.returncode != 0:
@@ -172,7 +192,9 @@ class EmulatedEmrCluster:
         (conf / "spark-env.sh").write_text(
             "".join(f"export {k}={self._on_this_machine(str(v))}\n" for k, v in exports.items())
         )
-        defaults = {k: self._on_this_machine(str(v)) for k, v in self._classification("spark-defaults")["Properties"].items()}
+        defaults = {
+            k: self._on_this_machine(str(v)) for k, v in self._classification("spark-defaults")["Properties"].items()
+        }
         classpath = ":".join(str(j) for j in self.jars)
         defaults.update(
             {
@@ -245,15 +267,24 @@ class EmulatedEmrCluster:
         home.mkdir()
         started = time.monotonic()
         result = subprocess.run(
-            self.command(step.args), env=self.environment(home), cwd=folder,
-            capture_output=True, text=True, timeout=900,
+            self.command(step.args),
+            env=self.environment(home),
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         self._upload_logs(step.id, result.stdout, result.stderr)
         (folder / "stdout").write_text(result.stdout)
         (folder / "stderr").write_text(result.stderr)
         self.ran.append(
-            {"name": step.name, "args": step.args, "returncode": result.returncode,
-             "seconds": round(time.monotonic() - started, 1), "folder": str(folder)}
+            {
+                "name": step.name,
+                "args": step.args,
+                "returncode": result.returncode,
+                "seconds": round(time.monotonic() - started, 1),
+                "folder": str(folder),
+            }
         )
         step.end_date_time = utcnow()
         step.state = "COMPLETED" if result.returncode == 0 else "FAILED"

@@ -2,6 +2,7 @@
 plain-Keras reference, and reading a run's results."""
 
 import socket
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -10,7 +11,7 @@ from fruits_assets import assets, checks
 from fruits_assets.featurize import load_model, resolve_weights
 from fruits_assets.images import decode_image
 from fruits_assets.io_managers import FruitsIOManager
-from fruits_assets.resources import fruits_resources
+from fruits_assets.resources import fruits_resources, load_asset_value
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.spark import SparkResource
 from fruits_assets.storage import Storage
@@ -63,8 +64,8 @@ def io_manager(output_root=None, **settings) -> FruitsIOManager:
 
 def load(output_root, asset_name: str):
     """The current stored value of an asset, as a downstream asset would get it."""
-    manager = io_manager(output_root)
-    return manager.load_manifest(manager.current(dg.AssetKey(asset_name)))
+    settings = FruitsSettings(deployment="local", output_root=str(output_root), spark_master=TEST_MASTER)
+    return load_asset_value(asset_name, settings)
 
 
 def free_port() -> int:
@@ -80,7 +81,7 @@ def plain_keras_features(paths, weights_spec: str, image_size: int) -> np.ndarra
 
     weights = resolve_weights(weights_spec, image_size, Storage())
     model = load_model(weights, image_size)
-    batch = np.stack([decode_image(open(p, "rb").read(), image_size) for p in paths])
+    batch = np.stack([decode_image(Path(p).read_bytes(), image_size) for p in paths])
     return model.predict(preprocess_input(batch.astype(np.float32)), batch_size=16, verbose=0)
 
 
@@ -97,7 +98,5 @@ def check_results(result) -> dict:
 
 
 def metadata_of(result, asset_name: str) -> dict:
-    [event] = [
-        e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset_name)
-    ]
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset_name)]
     return {k: v.value for k, v in event.materialization.metadata.items()}

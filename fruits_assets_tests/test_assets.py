@@ -14,9 +14,9 @@ from fruits_assets.assets import (
     raw_images,
     rejected_images,
 )
+from fruits_assets.constants import FEATURE_DIM
 from fruits_assets.csv_table import CsvTable
 from fruits_assets.resources import fruits_resources
-from fruits_assets.constants import FEATURE_DIM
 from fruits_assets.settings import FruitsSettings
 from fruits_assets_tests.helpers import TEST_MASTER
 
@@ -45,7 +45,10 @@ def context(spark, tmp_path_factory, sample_root):
 def stages(context):
     """Run the stages one after another, as the graph would, keeping every output."""
     [raw] = raw_images(context, RawImagesConfig())
-    outputs = {"preprocessed_images": preprocessed_images(context, raw.value), "rejected_images": rejected_images(context, raw.value)}
+    outputs = {
+        "preprocessed_images": preprocessed_images(context, raw.value),
+        "rejected_images": rejected_images(context, raw.value),
+    }
     features = image_features(context, outputs["preprocessed_images"].value)
     features_frame = features.value.cache()
     model = pca_model(context, PcaConfig(), features_frame)
@@ -94,16 +97,17 @@ def test_pca_features_csv_projects_every_row(stages):
 
 
 def test_bad_settings_fail_with_one_clear_message(context, stages, tmp_path):
-    with asset_context(output_root=str(tmp_path), images_root=str(tmp_path / "missing")) as bad:
-        with pytest.raises(dg.Failure, match="does not exist or is empty"):
-            list(raw_images(bad, RawImagesConfig()))
+    with (
+        asset_context(output_root=str(tmp_path), images_root=str(tmp_path / "missing")) as bad,
+        pytest.raises(dg.Failure, match="does not exist or is empty"),
+    ):
+        list(raw_images(bad, RawImagesConfig()))
     for settings, message in (
         ({"image_size": 100}, "not supported"),
         ({"pca_variance": 1.5}, "variance target"),
         ({"pca_max_k": 0}, "max k"),
     ):
-        with asset_context(output_root=str(tmp_path), **settings) as bad:
-            with pytest.raises(dg.Failure, match=message):
-                pca_model(bad, PcaConfig(), stages["features_frame"])
+        with asset_context(output_root=str(tmp_path), **settings) as bad, pytest.raises(dg.Failure, match=message):
+            pca_model(bad, PcaConfig(), stages["features_frame"])
     with pytest.raises(dg.Failure, match="No valid image in the 'Training' split"):
         pca_model(context, PcaConfig(), stages["features_frame"].where("split = 'Test'"))

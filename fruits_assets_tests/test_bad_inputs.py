@@ -13,7 +13,6 @@ from PIL import Image
 from fruits_assets_tests.helpers import check_results, load, materialize, metadata_of, run_config
 
 
-
 def jpeg(mode="RGB", size=(100, 100), colour=(200, 40, 40), fmt="JPEG") -> bytes:
     image = Image.new("RGB", size, colour)
     if mode != "RGB":

@@ -17,14 +17,22 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import pytest
 import numpy as np
 import pandas as pd
+import pytest
 
 from fruits_assets_tests.helpers import check_results, io_manager, materialize, metadata_of, run_config
 
 PROJECT = Path(__file__).resolve().parents[1]
-ASSETS = ["raw_images", "preprocessed_images", "rejected_images", "image_features", "pca_model", "pca_features_csv", "pca_quality"]
+ASSETS = [
+    "raw_images",
+    "preprocessed_images",
+    "rejected_images",
+    "image_features",
+    "pca_model",
+    "pca_features_csv",
+    "pca_quality",
+]
 
 
 def cli_env(home: Path, out: Path, images: Path) -> dict:
@@ -52,17 +60,27 @@ def materializations(instance: dg.DagsterInstance, run_id: str) -> dict:
 def test_two_cli_runs_at_once_never_mix_or_lose_data(sample_root, tmp_path):
     home, out = tmp_path / "home", tmp_path / "out"
     home.mkdir()
-    command = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "fruits_assets.definitions", "--select", "*"]
+    command = [
+        str(Path(sys.executable).parent / "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "fruits_assets.definitions",
+        "--select",
+        "*",
+    ]
     env = cli_env(home, out, sample_root)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     processes = []
     for log in logs:
-        processes.append(subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT))
+        processes.append(
+            subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        )
         time.sleep(2)
     for process in processes:
         process.wait(timeout=900)
     texts = [log.read_text() for log in logs]
-    for process, text in zip(processes, texts):
+    for process, text in zip(processes, texts, strict=True):
         assert process.returncode == 0 and "RUN_SUCCESS" in text, text[-3000:]
     assert sum("waiting for run" in text for text in texts) == 1, "exactly one run waited for the other"
 
@@ -81,7 +99,8 @@ def test_two_cli_runs_at_once_never_mix_or_lose_data(sample_root, tmp_path):
             for entry in instance.all_logs(run_id):
                 event = entry.dagster_event
                 assert event is None or event.event_type not in (
-                    dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.STEP_UP_FOR_RETRY
+                    dg.DagsterEventType.STEP_FAILURE,
+                    dg.DagsterEventType.STEP_UP_FOR_RETRY,
                 ), entry.user_message
             stored += [m["stored_at"] for m in made.values() if "stored_at" in m]
     # The current versions all come from the last run, and its CSV is whole.
@@ -128,7 +147,8 @@ def test_a_version_failing_its_blocking_check_never_becomes_current(spark, sampl
 
     # Another run re-fits PCA from the stored features: it reads the previous, good version.
     refit = materialize(
-        out, run_config(sample_root, "random", 96),
+        out,
+        run_config(sample_root, "random", 96),
         selection=dg.AssetSelection.assets("pca_model", "pca_features_csv").checks_for_assets()
         | dg.AssetSelection.assets("pca_model", "pca_features_csv"),
     )

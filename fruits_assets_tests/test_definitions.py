@@ -21,8 +21,17 @@ def test_local_definitions_are_loadable_and_hold_the_asset_graph():
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     names = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert {"raw_images", "preprocessed_images", "rejected_images", "image_features", "pca_model", "pca_features_csv"} <= names
-    parents = {k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()}
+    assert {
+        "raw_images",
+        "preprocessed_images",
+        "rejected_images",
+        "image_features",
+        "pca_model",
+        "pca_features_csv",
+    } <= names
+    parents = {
+        k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()
+    }
     assert parents["preprocessed_images"] == {"raw_images"}
     assert parents["image_features"] == {"preprocessed_images"}
     assert parents["pca_model"] == {"image_features"}
@@ -58,7 +67,11 @@ def test_emr_deployment_launches_steps_and_stores_on_s3():
     built = initialized(EMR_SETTINGS)
     launcher = built["pyspark_step_launcher"]
     assert isinstance(launcher, FruitsEmrStepLauncher)
-    assert (launcher.cluster_id, launcher.staging_bucket, launcher.region_name) == ("j-UNITTEST", "fruits-unit", "eu-west-1")
+    assert (launcher.cluster_id, launcher.staging_bucket, launcher.region_name) == (
+        "j-UNITTEST",
+        "fruits-unit",
+        "eu-west-1",
+    )
     assert launcher.staging_prefix == "team/fruits/emr-staging"
     assert built["io_manager"].base_uri() == "s3://fruits-unit/team/fruits"
     # The host only launches steps: no Spark session (nor Java) is started for them.
@@ -105,7 +118,11 @@ def test_workspace_yaml_loads_with_the_dagster_cli(tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     result = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "fruits_assets" in result.stdout + result.stderr
@@ -137,7 +154,9 @@ def test_no_module_reads_a_setting_when_it_is_imported():
         "print('READ', sorted(set(read)))\n"
     )
     env = {**os.environ, "FRUITS_IMAGE_SIZE": "96", "FRUITS_DEPLOYMENT": "local"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "READ []" in result.stdout, result.stdout
 
@@ -146,8 +165,12 @@ def test_no_module_reads_a_setting_when_it_is_imported():
 def test_every_selection_runs_from_the_cli(sample_root, tmp_path):
     """Selections a user types, including an asset's upstream closure and one asset alone."""
     env = {
-        **os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "FRUITS_OUTPUT_ROOT": str(tmp_path / "out"),
-        "FRUITS_IMAGES_ROOT": str(sample_root), "FRUITS_IMAGE_SIZE": "96", "FRUITS_MODEL_WEIGHTS": "random",
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "FRUITS_OUTPUT_ROOT": str(tmp_path / "out"),
+        "FRUITS_IMAGES_ROOT": str(sample_root),
+        "FRUITS_IMAGE_SIZE": "96",
+        "FRUITS_MODEL_WEIGHTS": "random",
         "FRUITS_SPARK_MASTER": "local[2]",
     }
     (tmp_path / "home").mkdir()
@@ -156,9 +179,20 @@ def test_every_selection_runs_from_the_cli(sample_root, tmp_path):
         ("rejected_images", {"rejected_images"}),
     ):
         result = subprocess.run(
-            [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "fruits_assets.definitions",
-             "--select", selection],
-            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+            [
+                str(Path(sys.executable).parent / "dagster"),
+                "asset",
+                "materialize",
+                "-m",
+                "fruits_assets.definitions",
+                "--select",
+                selection,
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         log = result.stdout + result.stderr
         assert result.returncode == 0 and "RUN_SUCCESS" in log, log[-3000:]

@@ -145,11 +145,30 @@ def test_cluster_wheels_resolve_and_run_on_amazon_linux_2023_aarch64(tmp_path):
     platforms = [arg for tag in AARCH64_TAGS for arg in ("--platform", tag)]
     WHEELS.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--python-version", "3.11",
-         "--implementation", "cp", *platforms, "--dest", str(WHEELS), "-r", str(requirements)],
-        capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.11",
+            "--implementation",
+            "cp",
+            *platforms,
+            "--dest",
+            str(WHEELS),
+            "-r",
+            str(requirements),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
-    unreachable = re.search(r"Failed to establish|Network is unreachable|Temporary failure in name resolution|timed out", result.stderr)
+    unreachable = re.search(
+        r"Failed to establish|Network is unreachable|Temporary failure in name resolution|timed out", result.stderr
+    )
     if result.returncode != 0 and unreachable and os.environ.get("FRUITS_REQUIRE_NETWORK_TESTS") != "1":
         pytest.skip(f"PyPI is not reachable from here: {unreachable.group(0)}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -160,7 +179,9 @@ def test_cluster_wheels_resolve_and_run_on_amazon_linux_2023_aarch64(tmp_path):
         if canonical(name) in wanted and not wanted[canonical(name)].specifier.contains(version):
             continue  # another version, from an earlier download
         wheels[wheel.name] = symbol_versions(wheel)
-    assert {"tensorflow", "ai-edge-litert", "dagster", "pandas", "pyarrow"} <= {canonical(w.split("-")[0]) for w in wheels}
+    assert {"tensorflow", "ai-edge-litert", "dagster", "pandas", "pyarrow"} <= {
+        canonical(w.split("-")[0]) for w in wheels
+    }
     too_new = {
         name: {k: ".".join(map(str, v)) for k, v in needs.items()}
         for name, needs in wheels.items()

@@ -153,7 +153,9 @@ def test_create_without_a_kms_key_says_what_to_set(moto_server, s3_bucket, cli_e
 
 
 def test_in_transit_encryption_only_with_certificates(resources):
-    without = emr_cli.build_security_configuration(resources.security_configuration, "eu-west-1", "111122223333", KMS_KEY)
+    without = emr_cli.build_security_configuration(
+        resources.security_configuration, "eu-west-1", "111122223333", KMS_KEY
+    )
     assert without["EncryptionConfiguration"]["EnableInTransitEncryption"] is False
     assert "InTransitEncryptionConfiguration" not in without["EncryptionConfiguration"]
     certs = "s3://b/fruits/certs.zip"
@@ -184,7 +186,14 @@ def test_cost_is_computed_from_prices_json(resources, capsys, monkeypatch):
     monkeypatch.delenv("FRUITS_EMR_WAIT_FOR_LOGS", raising=False)
     steps = emr_cli.emr_steps_per_run()
     assert len(steps) == 10 and "pca_quality" not in steps
-    assert {"raw_images", "preprocessed_images", "rejected_images", "image_features", "pca_model", "pca_features_csv"} <= set(steps)
+    assert {
+        "raw_images",
+        "preprocessed_images",
+        "rejected_images",
+        "image_features",
+        "pca_model",
+        "pca_features_csv",
+    } <= set(steps)
     hours = 0.3 + (10 * 60 + 90_000 / (4.0 * 40)) / 3600
     assert emr_cli.main(["cost", "--images", "90000"]) == 0
     out = capsys.readouterr().out
@@ -223,7 +232,10 @@ def test_placeholders_must_all_be_filled(resources):
 
 
 def iam_documents() -> list[Path]:
-    return sorted((RESOURCES / "iam").glob("*.json")) + [RESOURCES / "s3_bucket_policy.json", RESOURCES / "kms_key_policy.json"]
+    return sorted((RESOURCES / "iam").glob("*.json")) + [
+        RESOURCES / "s3_bucket_policy.json",
+        RESOURCES / "kms_key_policy.json",
+    ]
 
 
 @pytest.mark.parametrize("path", iam_documents(), ids=lambda p: p.name)
@@ -249,10 +261,14 @@ def test_bucket_policy_denies_plain_http_and_unencrypted_puts():
     assert all(s["Effect"] == "Deny" for s in statements)
     tls = [s for s in statements if s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"]
     assert tls and tls[0]["Action"] == "s3:*"
-    unencrypted = [s for s in statements if s.get("Condition", {}).get("Null", {}).get("s3:x-amz-server-side-encryption") == "true"]
+    unencrypted = [
+        s for s in statements if s.get("Condition", {}).get("Null", {}).get("s3:x-amz-server-side-encryption") == "true"
+    ]
     assert unencrypted and unencrypted[0]["Action"] == "s3:PutObject"
     block = json.loads((RESOURCES / "public_access_block.json").read_text())
-    assert block == {k: True for k in ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")}
+    assert block == {
+        k: True for k in ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
+    }
 
 
 def test_render_fills_every_placeholder(resources, tmp_path, cli_env):
@@ -265,7 +281,9 @@ def test_render_fills_every_placeholder(resources, tmp_path, cli_env):
         assert "${" not in text, path.name
         json.loads(text)
     policy = json.loads((tmp_path / "ec2_instance_profile_policy.json").read_text())
-    resources_seen = [r for s in policy["Statement"] for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
+    resources_seen = [
+        r for s in policy["Statement"] for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])
+    ]
     assert "arn:aws:s3:::fruits-data/fruits/*" in resources_seen
 
 

@@ -74,8 +74,10 @@ def test_pca_model_round_trips_encrypted_and_overwrites(s3_bucket):
 def test_csv_table_round_trips(s3_bucket, spark):
     manager = s3_io_manager(s3_bucket)
     frame = spark.createDataFrame(
-        [("Training/Apple Red 1/a.jpg", "Apple Red 1", "Training", [1.5, -2.0]),
-         ("Test/Banana/b.jpg", "Banana", "Test", [0.25, 3.0])],
+        [
+            ("Training/Apple Red 1/a.jpg", "Apple Red 1", "Training", [1.5, -2.0]),
+            ("Test/Banana/b.jpg", "Banana", "Test", [0.25, 3.0]),
+        ],
         "path string, label string, split string, pcs array<double>",
     )
     store(manager, "pca_features_csv", CsvTable(frame, 2, "pca_features.csv"), run_id="cccccccc-run")

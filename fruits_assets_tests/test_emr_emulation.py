@@ -43,9 +43,16 @@ pytestmark = pytest.mark.slow
 PROJECT = Path(__file__).resolve().parents[1]
 PREFIX = "fruits"
 SPARK_STEPS = {
-    "raw_images", "preprocessed_images", "rejected_images", "image_features", "pca_model", "pca_features_csv",
-    "raw_images_training_covers_test_labels", "preprocessed_images_counts_reconcile",
-    "image_features_vectors_complete_and_finite", "pca_features_csv_csv_matches_features",
+    "raw_images",
+    "preprocessed_images",
+    "rejected_images",
+    "image_features",
+    "pca_model",
+    "pca_features_csv",
+    "raw_images_training_covers_test_labels",
+    "preprocessed_images_counts_reconcile",
+    "image_features_vectors_complete_and_finite",
+    "pca_features_csv_csv_matches_features",
 }
 
 
@@ -101,7 +108,7 @@ def host_environment(tmp_path: Path, endpoint: str, bucket: str, cluster_id: str
 def csv_by_image(table: pd.DataFrame, root: str) -> pd.DataFrame:
     """Rows keyed by the image's path below its images root (s3:// or local)."""
     table = table.copy()
-    table["path"] = [p[len(root):].lstrip("/") for p in table["path"]]
+    table["path"] = [p[len(root) :].lstrip("/") for p in table["path"]]
     return table.set_index("path").sort_index()
 
 
@@ -199,7 +206,9 @@ def latest_run_metadata(home: Path) -> dict:
 
 
 def _run_python(python: Path, code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), "-c", code], env={"PATH": "/usr/bin:/bin"}, cwd="/", capture_output=True, text=True)
+    return subprocess.run(
+        [str(python), "-c", code], env={"PATH": "/usr/bin:/bin"}, cwd="/", capture_output=True, text=True
+    )
 
 
 @pytest.fixture

@@ -92,9 +92,7 @@ def test_the_kms_key_encrypts_the_cluster_disks():
     for policy in ("iam/ec2_instance_profile_policy.json", "iam/emr_service_role_policy.json"):
         granted = {a for s in statements(policy) if KEY_ARN in as_list(s["Resource"]) for a in as_list(s["Action"])}
         assert crypto <= granted, (policy, crypto - granted)
-    [grants] = [
-        s for s in statements("iam/emr_service_role_policy.json") if "kms:CreateGrant" in as_list(s["Action"])
-    ]
+    [grants] = [s for s in statements("iam/emr_service_role_policy.json") if "kms:CreateGrant" in as_list(s["Action"])]
     assert grants["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
     key_policy = {s["Sid"]: s for s in statements("kms_key_policy.json")}
     assert key_policy["FruitsEmrServiceRoleAttachesTheKeyToEbsVolumes"]["Condition"] == grants["Condition"]
@@ -103,14 +101,24 @@ def test_the_kms_key_encrypts_the_cluster_disks():
 def test_the_service_role_launches_and_tags_only_tagged_resources():
     """AmazonEMRServicePolicy_v2's rule: EC2 create/modify actions are scoped by tags (on the
     request or on the resource), never granted on every resource."""
-    risky = {"ec2:RunInstances", "ec2:CreateFleet", "ec2:CreateTags", "ec2:CreateLaunchTemplate",
-             "ec2:CreateNetworkInterface", "ec2:CreateSecurityGroup", "ec2:TerminateInstances",
-             "ec2:ModifyInstanceAttribute", "ec2:DeleteTags"}
+    risky = {
+        "ec2:RunInstances",
+        "ec2:CreateFleet",
+        "ec2:CreateTags",
+        "ec2:CreateLaunchTemplate",
+        "ec2:CreateNetworkInterface",
+        "ec2:CreateSecurityGroup",
+        "ec2:TerminateInstances",
+        "ec2:ModifyInstanceAttribute",
+        "ec2:DeleteTags",
+    }
     for statement in statements("iam/emr_service_role_policy.json"):
         actions = risky & set(as_list(statement["Action"]))
         if not actions:
             continue
-        tag_condition = re.search(r"aws:(Request|Resource)Tag/|ec2:CreateAction", json.dumps(statement.get("Condition", {})))
+        tag_condition = re.search(
+            r"aws:(Request|Resource)Tag/|ec2:CreateAction", json.dumps(statement.get("Condition", {}))
+        )
         if "*" in as_list(statement["Resource"]):
             assert tag_condition, (statement["Sid"], actions)
         else:

@@ -33,9 +33,9 @@ from moto.server import ThreadedMotoServer
 
 from fruits_assets.assets import raw_images
 from fruits_assets.errors import FruitsConfigError, spark_filesystem_errors
-from fruits_assets.versions import CURRENT as MANIFEST
 from fruits_assets.sample_data import generate_sample
 from fruits_assets.storage import Storage
+from fruits_assets.versions import CURRENT as MANIFEST
 from fruits_assets_tests.conftest import PROJECT_ROOT
 from fruits_assets_tests.helpers import free_port, io_manager, materialize, run_config
 
@@ -260,9 +260,7 @@ def find_secrets(path: Path) -> list[str]:
 
 def tracked_files() -> list[Path]:
     try:
-        listing = subprocess.run(
-            ["git", "ls-files", "-z"], cwd=PROJECT_ROOT, capture_output=True, check=True
-        ).stdout
+        listing = subprocess.run(["git", "ls-files", "-z"], cwd=PROJECT_ROOT, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout: nothing tracked to scan")
     paths = [PROJECT_ROOT / name for name in listing.decode().split("\0") if name]
@@ -283,8 +281,10 @@ def test_secret_scan_can_fail(tmp_path):
     leaked.write_text(
         f"AWS_ACCESS_KEY_ID={fake_key_id}\n"
         f"aws_secret_access_key = '{fake_secret}'\n"
-        "-----BEGIN RSA " "PRIVATE KEY-----\n"
-        "db_pass" "word = 'hunter2'\n"
+        "-----BEGIN RSA "
+        "PRIVATE KEY-----\n"
+        "db_pass"
+        "word = 'hunter2'\n"
         "AWS_SECRET_ACCESS_KEY=testing\n"
         "password = 'testing'\n"
     )
@@ -304,16 +304,20 @@ def test_secret_scan_can_fail(tmp_path):
 # -- 5. Spark without an S3 connector ---------------------------------------------------------------
 def test_spark_s3_write_names_the_connector_fix(spark):
     frame = spark.createDataFrame([(1, "a")], "id int, name string")
-    with pytest.raises(FruitsConfigError, match=r"S3 connector") as raised:
-        with spark_filesystem_errors("s3://fruits-bucket/x"):
-            frame.write.mode("overwrite").parquet("s3://fruits-bucket/x")
+    with (
+        pytest.raises(FruitsConfigError, match=r"S3 connector") as raised,
+        spark_filesystem_errors("s3://fruits-bucket/x"),
+    ):
+        frame.write.mode("overwrite").parquet("s3://fruits-bucket/x")
     message = str(raised.value)
     assert "s3://fruits-bucket/x" in message
     assert "Py4J" not in message and "java." not in message
     assert raised.value.__suppress_context__  # no Java stack trace chained under it
 
 
-def test_materialize_to_s3_without_connector_fails_once_with_the_fix(spark, tmp_path, sample_root, s3_bucket, moto_server):
+def test_materialize_to_s3_without_connector_fails_once_with_the_fix(
+    spark, tmp_path, sample_root, s3_bucket, moto_server
+):
     """Assets on s3:// with local Spark (FRUITS_OUTPUT_ROOT=s3://...): one clear, non-retried
     failure naming the fix."""
     result = materialize(

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from fruits_assets.featurize import LiteRTFeatures, feature_model, load_model, resolve_weights
-from fruits_assets.errors import FruitsConfigError
 from fruits_assets.constants import FEATURE_DIM
+from fruits_assets.errors import FruitsConfigError
+from fruits_assets.featurize import LiteRTFeatures, feature_model, load_model, resolve_weights
 from fruits_assets.storage import Storage
 
 
@@ -71,7 +71,10 @@ def test_the_converted_model_is_cached_by_content(tmp_path):
     again = feature_model(weights, 96, storage, str(tmp_path / "_models"))
     assert not first.from_cache and again.from_cache and again.flatbuffer == first.flatbuffer
     assert [p.name for p in (tmp_path / "_models").iterdir()] == [f"{first.key}.tflite"]
-    assert feature_model(resolve_weights("random", 128, Storage()), 128, storage, str(tmp_path / "_models")).key != first.key
+    assert (
+        feature_model(resolve_weights("random", 128, Storage()), 128, storage, str(tmp_path / "_models")).key
+        != first.key
+    )
 
 
 def test_a_worker_featurizes_without_tensorflow(tmp_path):

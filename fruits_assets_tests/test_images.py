@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruits_assets.images import ImageRejected, bytes_to_batch, array_to_bytes, decode_image
+from fruits_assets.images import ImageRejected, array_to_bytes, bytes_to_batch, decode_image
 
 
 def encode(image: Image.Image, fmt: str = "JPEG") -> bytes:

@@ -45,11 +45,11 @@ def test_a_second_run_computes_only_what_changed_and_equals_a_run_from_scratch(s
     assert first.success
     assert metadata_of(first, "image_features")["computed"] == 48
 
-    add_class(images, "Kiwi Gold 1", 3)                                          # 3 new
-    changed = sorted((images / "Training" / "Apple Red 1").glob("*.jpg"))[:2]    # 2 changed
+    add_class(images, "Kiwi Gold 1", 3)  # 3 new
+    changed = sorted((images / "Training" / "Apple Red 1").glob("*.jpg"))[:2]  # 2 changed
     for path in changed:
         path.write_bytes((images / "Test" / "Banana 1" / "0_100.jpg").read_bytes())
-    (images / "Test" / "Lime 1" / "1_100.jpg").unlink()                          # 1 removed
+    (images / "Test" / "Lime 1" / "1_100.jpg").unlink()  # 1 removed
     second = materialize(out, run_config(images))
     assert second.success
     raw, pre, feat = (metadata_of(second, a) for a in ("raw_images", "preprocessed_images", "image_features"))
@@ -135,5 +135,7 @@ def test_the_sensor_watches_a_bucket(images, monkeypatch, s3_bucket, moto_server
     assert first.run_requests[0].tags["fruits/images_seen"] == "Test: 16 files (new); Training: 32 files (new)"
     s3.put_object(Bucket=s3_bucket, Key="images/Test/Lime 1/0_100.jpg", Body=b"changed bytes")
     changed, _ = sensor_tick(first.cursor, monkeypatch, root, FRUITS_S3_ENDPOINT_URL=moto_server)
-    assert changed.run_requests[0].tags["fruits/images_seen"] == "Test: 16 files (changed); Training: 32 files (unchanged)"
+    assert (
+        changed.run_requests[0].tags["fruits/images_seen"] == "Test: 16 files (changed); Training: 32 files (unchanged)"
+    )
     assert json.loads(changed.cursor)["Test"]["files"] == 16

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fruits_assets.pca import PcaModel, choose_k, fit_pca
 from fruits_assets.errors import FruitsConfigError
+from fruits_assets.pca import PcaModel, choose_k, fit_pca
 from fruits_assets.settings import validate_pca_settings
 
 

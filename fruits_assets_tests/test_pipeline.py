@@ -3,14 +3,13 @@ Keras, meaning of the features on real photos, and re-materialization."""
 
 import csv
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
 from fruits_assets.constants import FEATURE_DIM
-import dagster as dg
-
 from fruits_assets_tests.helpers import (
     check_results,
     io_manager,
@@ -49,7 +48,11 @@ def test_all_assets_materialize_on_the_synthetic_sample(spark, sample_root, tmp_
     for name in ("counts_reconcile", "vectors_complete_and_finite", "csv_matches_features"):
         assert checks[name][0], (name, checks[name])
     counts = checks["counts_reconcile"][2]
-    assert {k: counts[k] for k in ("listed", "preprocessed", "rejected")} == {"listed": images, "preprocessed": images, "rejected": 0}
+    assert {k: counts[k] for k in ("listed", "preprocessed", "rejected")} == {
+        "listed": images,
+        "preprocessed": images,
+        "rejected": 0,
+    }
     assert counts["preprocessed_images current version"].endswith("(published: counts_reconcile passed)")
     pca = metadata_of(result, "pca_model")
     assert pca["scree_plot"].startswith("![scree](data:image/png;base64,")
@@ -119,8 +122,10 @@ def test_long_stages_tell_their_progress_in_the_run_log(spark, tmp_path):
     images = generate_sample(tmp_path / "images", 30, 10)  # 320 images, 16 partitions of 20
     instance = dg.DagsterInstance.ephemeral()
     result = materialize(
-        tmp_path / "out", run_config(images, image_size=224, rows_per_partition=20),
-        selection=["raw_images", "preprocessed_images", "rejected_images", "image_features"], instance=instance,
+        tmp_path / "out",
+        run_config(images, image_size=224, rows_per_partition=20),
+        selection=["raw_images", "preprocessed_images", "rejected_images", "image_features"],
+        instance=instance,
     )
     assert result.success
     messages = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
@@ -150,6 +155,7 @@ def test_progress_lines_follow_the_tasks(spark):
     assert lines[-1].startswith("slow: done, 100 rows in")
     reported = [int(line.split(": ")[1].split("/")[0]) for line in lines[:-1]]
     assert reported == sorted(reported) and reported[0] < 100
+
 
 def test_an_environment_change_between_two_runs_changes_the_second(spark, sample_root, tmp_path, monkeypatch):
     """Settings are read when a run starts: in one process (as in `dagster dev`), a variable

@@ -84,12 +84,16 @@ def test_one_writer_at_a_time(store):
 def test_a_killed_writer_frees_the_local_lock(tmp_path):
     root = tmp_path / "assets"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from fruits_assets.storage import Storage; "
-         "from fruits_assets.versions import RunLock, VersionStore; "
-         f"lock = RunLock(VersionStore({str(root)!r}, Storage()), 'run-killed').acquire(); "
-         "print('held', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from fruits_assets.storage import Storage; "
+            "from fruits_assets.versions import RunLock, VersionStore; "
+            f"lock = RunLock(VersionStore({str(root)!r}, Storage()), 'run-killed').acquire(); "
+            "print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "held"
     store = VersionStore(str(root), Storage())

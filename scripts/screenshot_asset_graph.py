@@ -35,8 +35,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("FRUITS_CHROMIUM", "/usr/bin/chromium"))
@@ -79,9 +79,7 @@ def free_port() -> int:
 
 def http_json(method: str, url: str, body: dict | None = None, timeout: float = 30) -> dict:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read() or b"{}")
@@ -226,8 +224,7 @@ def wait_until_ready(base_url: str, proc: subprocess.Popen, timeout: float, log_
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(
-                f"dagster-webserver exited with code {proc.returncode} before answering:\n"
-                + _log_tail(log_path)
+                f"dagster-webserver exited with code {proc.returncode} before answering:\n" + _log_tail(log_path)
             )
         try:
             http_json("GET", f"{base_url}/server_info", timeout=5)
@@ -239,8 +236,7 @@ def wait_until_ready(base_url: str, proc: subprocess.Popen, timeout: float, log_
             last = repr(error)
         time.sleep(0.5)
     raise RuntimeError(
-        f"dagster-webserver at {base_url} not ready after {timeout:.0f}s ({last}):\n"
-        + _log_tail(log_path)
+        f"dagster-webserver at {base_url} not ready after {timeout:.0f}s ({last}):\n" + _log_tail(log_path)
     )
 
 
@@ -305,11 +301,7 @@ def shown_names(text: str, names: list[str]) -> list[str]:
     def shown(name: str) -> bool:
         if name in text:
             return True
-        return any(
-            f"{name[:i]}…{name[j:]}" in text
-            for i in range(1, len(name))
-            for j in range(i + 1, len(name))
-        )
+        return any(f"{name[:i]}…{name[j:]}" in text for i in range(1, len(name)) for j in range(i + 1, len(name)))
 
     return [name for name in names if shown(name)]
 
@@ -372,17 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="base URL of a running Dagster UI (default: start one)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "asset_graph.png")
     parser.add_argument("--timeout", type=float, default=60, help="seconds to wait for the graph")
-    parser.add_argument(
-        "--window-size", default=f"{WINDOW[0]},{WINDOW[1]}", help="browser window W,H in pixels"
-    )
+    parser.add_argument("--window-size", default=f"{WINDOW[0]},{WINDOW[1]}", help="browser window W,H in pixels")
     args = parser.parse_args(argv)
     window = tuple(int(v) for v in args.window_size.split(","))
 
     names = expected_asset_names()
     if args.url:
-        result = screenshot_asset_graph(
-            args.url.rstrip("/"), args.out, names, args.timeout, window=window
-        )
+        result = screenshot_asset_graph(args.url.rstrip("/"), args.out, names, args.timeout, window=window)
     else:
         with running_webserver() as server:
             result = screenshot_asset_graph(server.url, args.out, names, args.timeout, window=window)
