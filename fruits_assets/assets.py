@@ -197,7 +197,8 @@ def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
         f"preprocessed_images: {valid} images ({counts['computed']} to decode, {counts['reused']} reused, "
         f"{counts['removed']} removed since), {rejected} rejected"
     )
-    decoded = preprocess_frame(split_for_work(new, counts["computed"], spark, settings.rows_per_partition), size)
+    work = split_for_work(new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=valid)
+    decoded = preprocess_frame(work, size)
     images = decoded if reused is None else reused.unionByName(decoded)
     return dg.Output(
         images.withColumn("image_size", F.lit(size)),
@@ -266,7 +267,7 @@ def image_features(context: dg.AssetExecutionContext, preprocessed_images):
         model = feature_model(weights, size, storage, join(settings.assets_uri(), "_models"))
         computed = featurize_frame(
             spark,
-            split_for_work(new, counts["computed"], spark, settings.rows_per_partition),
+            split_for_work(new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=rows),
             model,
             threads,
             settings.predict_batch_size,

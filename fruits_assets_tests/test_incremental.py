@@ -9,6 +9,7 @@ the assets' own metadata (`reused`, `computed`, `removed`, and raw_images' `deco
 
 import json
 import shutil
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -139,3 +140,26 @@ def test_the_sensor_watches_a_bucket(images, monkeypatch, s3_bucket, moto_server
         changed.run_requests[0].tags["fruits/images_seen"] == "Test: 16 files (changed); Training: 32 files (unchanged)"
     )
     assert json.loads(changed.cursor)["Test"]["files"] == 16
+
+
+def rows_per_file(out, asset: str) -> list[int]:
+    import pyarrow.parquet as pq
+
+    location = json.loads((out / asset / "_CURRENT.json").read_text())["location"]
+    return [pq.ParquetFile(part).metadata.num_rows for part in sorted(Path(location).glob("part-*.parquet"))]
+
+
+def test_reused_rows_stay_in_files_of_about_rows_per_partition(spark, images, tmp_path):
+    """The reused rows are read from the previous version in the same job as the few new ones:
+    sizing Spark's file splits from the new rows alone packed the reused files into a few huge
+    partitions (at 6,000 x 224 px: two tasks of ~3,000 images, the JVM out of heap)."""
+    out = tmp_path / "out"
+    config = run_config(images, rows_per_partition=4)
+    assert materialize(out, config).success
+    first = {asset: max(rows_per_file(out, asset)) for asset in ("preprocessed_images", "image_features")}
+    add_class(images, "Kiwi Gold 1", 1)
+    assert materialize(out, config).success
+    for asset, before in first.items():
+        after = rows_per_file(out, asset)
+        assert sum(after) == 49
+        assert max(after) <= max(before, 8), (asset, before, after)
