@@ -117,8 +117,10 @@ def run(command: list[str], env: dict, log: Path) -> dict:
         sampler.join()
     wall = time.perf_counter() - started
     if code != 0:
+        kept = BENCH_DIR / f"failed-{time.strftime('%Y%m%dT%H%M%S')}-{log.name}"  # outlives a temporary folder
+        shutil.copy(log, kept)
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
-        raise SystemExit(f"{tail}\n{' '.join(command)} failed ({code}): see {log}")
+        raise SystemExit(f"{tail}\n{' '.join(command)} failed ({code}): see {kept}")
     return {"wall": wall, "peak_rss_mb": {k: v // 2**20 for k, v in peaks.items() if k != "gone"}}
 
 

@@ -50,7 +50,7 @@ def add_and_change(root: Path, added: int, changed: int) -> int:
     new_class.mkdir(parents=True)
     for i in range(added):
         os.link(training[i % len(training)], new_class / f"new_{i}.jpg")
-    for path in training[-changed:]:
+    for path in training[len(training) - changed :]:
         with Image.open(path) as image:
             flipped = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         path.unlink()  # replace, do not write through the hard link
@@ -101,87 +101,84 @@ def main(argv=None) -> None:
     tmp = BENCH_DIR / f"incremental_{args.images}_{args.size}"  # kept until the next run: logs, outputs
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    if True:
-        folder = tmp / "photos"
-        mirror(photos(Path(args.source), args.images), folder)
+    folder = tmp / "photos"
+    mirror(photos(Path(args.source), args.images), folder)
 
-        def env(name: str) -> dict:
-            home = tmp / f"home-{name}"
-            home.mkdir()
-            return {
-                **os.environ,
-                "DAGSTER_HOME": str(home),
-                "FRUITS_IMAGES_ROOT": str(folder),
-                "FRUITS_IMAGE_SIZE": str(args.size),
-                "FRUITS_MODEL_WEIGHTS": args.weights,
-            }
-
-        first_env = {**env("first"), "FRUITS_OUTPUT_ROOT": str(tmp / "out")}
-        keras = run(
-            [
-                python,
-                "-m",
-                "benchmarks.plain",
-                "keras",
-                "--images",
-                str(folder),
-                "--size",
-                str(args.size),
-                "--weights",
-                args.weights,
-            ],
-            first_env,
-            tmp / "keras.log",
-        )
-        keras_rate = args.images / keras["wall"]
-        first = run(dagster, first_env, tmp / "first.log")
-        expected = add_and_change(folder, args.added, args.changed)
-        second_env = {**env("second"), "FRUITS_OUTPUT_ROOT": str(tmp / "out")}
-        second = run(dagster, second_env, tmp / "second.log")
-        metadata = run_metadata(Path(second_env["DAGSTER_HOME"]))
-        scratch = run(dagster, {**env("scratch"), "FRUITS_OUTPUT_ROOT": str(tmp / "scratch")}, tmp / "scratch.log")
-
-        import numpy as np
-
-        incremental, fresh = csv_frame(tmp / "out"), csv_frame(tmp / "scratch")
-        same_rows = list(incremental.index) == list(fresh.index) and list(incremental.columns) == list(fresh.columns)
-        numeric = [c for c in fresh.columns if c.startswith("pc_")]
-        max_diff = (
-            float(np.abs(incremental[numeric].to_numpy() - fresh[numeric].to_numpy()).max()) if same_rows else None
-        )
-        figures = {
-            "machine": machine(),
-            "images": args.images,
-            "size": args.size,
-            "new_or_changed": expected,
-            "plain_keras_img_per_s": round(keras_rate, 1),
-            "first_run_s": round(first["wall"], 1),
-            "second_run_s": round(second["wall"], 1),
-            "scratch_run_s": round(scratch["wall"], 1),
-            "second_vs_first": round(second["wall"] / first["wall"], 3),
-            "raw_images": {k: metadata["raw_images"].get(k) for k in ("images", "decoded_to_check", "checks_reused")},
-            "preprocessed_images": {
-                k: metadata["preprocessed_images"].get(k) for k in ("reused", "computed", "removed")
-            },
-            "image_features": {k: metadata["image_features"].get(k) for k in ("reused", "computed", "removed")},
-            "csv_rows": len(incremental),
-            "csv_same_rows_as_scratch": same_rows,
-            "csv_max_abs_diff": max_diff,
+    def env(name: str) -> dict:
+        home = tmp / f"home-{name}"
+        home.mkdir()
+        return {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "FRUITS_IMAGES_ROOT": str(folder),
+            "FRUITS_IMAGE_SIZE": str(args.size),
+            "FRUITS_MODEL_WEIGHTS": args.weights,
         }
-        print(json.dumps(figures, indent=1))
-        print(f"\n{time.strftime('%Y-%m-%d %H:%M')} {machine()}; plain Keras {keras_rate:.1f} img/s on these photos")
-        ok = (
-            figures["preprocessed_images"]["computed"] == expected
-            and figures["image_features"]["computed"] == expected
-            and same_rows
-            and max_diff is not None
-            and max_diff <= 1e-4
-        )
-        print(
-            f"second run {figures['second_vs_first']:.0%} of the first (target <= 40%); "
-            f"computed {figures['image_features']['computed']} of {expected} expected; "
-            f"CSV vs scratch: same rows {same_rows}, max abs diff {max_diff}: {'OK' if ok else 'NOT OK'}"
-        )
+
+    first_env = {**env("first"), "FRUITS_OUTPUT_ROOT": str(tmp / "out")}
+    keras = run(
+        [
+            python,
+            "-m",
+            "benchmarks.plain",
+            "keras",
+            "--images",
+            str(folder),
+            "--size",
+            str(args.size),
+            "--weights",
+            args.weights,
+        ],
+        first_env,
+        tmp / "keras.log",
+    )
+    keras_rate = args.images / keras["wall"]
+    first = run(dagster, first_env, tmp / "first.log")
+    expected = add_and_change(folder, args.added, args.changed)
+    second_env = {**env("second"), "FRUITS_OUTPUT_ROOT": str(tmp / "out")}
+    second = run(dagster, second_env, tmp / "second.log")
+    metadata = run_metadata(Path(second_env["DAGSTER_HOME"]))
+    scratch = run(dagster, {**env("scratch"), "FRUITS_OUTPUT_ROOT": str(tmp / "scratch")}, tmp / "scratch.log")
+
+    import numpy as np
+
+    incremental, fresh = csv_frame(tmp / "out"), csv_frame(tmp / "scratch")
+    same_rows = list(incremental.index) == list(fresh.index) and list(incremental.columns) == list(fresh.columns)
+    numeric = [c for c in fresh.columns if c.startswith("pc_")]
+    max_diff = float(np.abs(incremental[numeric].to_numpy() - fresh[numeric].to_numpy()).max()) if same_rows else None
+    figures = {
+        "machine": machine(),
+        "images": args.images,
+        "size": args.size,
+        "new_or_changed": expected,
+        "plain_keras_img_per_s": round(keras_rate, 1),
+        "first_run_s": round(first["wall"], 1),
+        "second_run_s": round(second["wall"], 1),
+        "scratch_run_s": round(scratch["wall"], 1),
+        "second_vs_first": round(second["wall"] / first["wall"], 3),
+        "raw_images": {k: metadata["raw_images"].get(k) for k in ("images", "decoded_to_check", "checks_reused")},
+        "preprocessed_images": {k: metadata["preprocessed_images"].get(k) for k in ("reused", "computed", "removed")},
+        "image_features": {k: metadata["image_features"].get(k) for k in ("reused", "computed", "removed")},
+        "csv_rows": len(incremental),
+        "csv_same_rows_as_scratch": same_rows,
+        "csv_max_abs_diff": max_diff,
+    }
+    print(json.dumps(figures, indent=1))
+    print(f"\n{time.strftime('%Y-%m-%d %H:%M')} {machine()}; plain Keras {keras_rate:.1f} img/s on these photos")
+    ok = (
+        figures["preprocessed_images"]["computed"] == expected
+        and figures["image_features"]["computed"] == expected
+        and same_rows
+        and max_diff is not None
+        and max_diff <= 1e-4
+    )
+    print(
+        f"second run {figures['second_vs_first']:.0%} of the first (target <= 40%); "
+        f"computed {figures['image_features']['computed']} of {expected} expected; "
+        f"CSV vs scratch: same rows {same_rows}, max abs diff {max_diff}: {'OK' if ok else 'NOT OK'}"
+    )
+    if not ok:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

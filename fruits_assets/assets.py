@@ -122,7 +122,9 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     previous = previous_version(context, "raw_images", "fingerprint")
     known = {}
     if previous is not None:  # path -> (fingerprint, reason, stage): small columns only
-        for row in previous.where("fingerprint IS NOT NULL").select("path", "fingerprint", "reason", "stage").collect():
+        # Verdicts of decoding only: the listing's own (names, layout) are decided again every run.
+        decoded = previous.where("fingerprint IS NOT NULL AND (stage IS NULL OR stage = 'decode')")
+        for row in decoded.select("path", "fingerprint", "reason", "stage").collect():
             known[row.path] = (row.fingerprint, row.reason, row.stage)
     frame = raw_images_frame(spark, listed, root, storage, settings.rows_per_partition, known).persist(
         StorageLevel.MEMORY_AND_DISK
@@ -187,17 +189,17 @@ def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
     valid = usable.count()  # a small column: Parquet reads it alone
     rejected = sum(r[2] for r in rejections(raw_images))
     # Incremental: an image whose path and bytes are unchanged, at the same size, keeps its arrays.
-    previous = previous_version(context, "preprocessed_images", "fingerprint")
-    if previous is not None:
-        previous = previous.where(F.col("image_size") == size).select(*PREPROCESSED_COLUMNS)
+    stored = previous_version(context, "preprocessed_images", "fingerprint")
+    previous = None if stored is None else stored.where(F.col("image_size") == size).select(*PREPROCESSED_COLUMNS)
     reused, new = reused_and_new(previous, usable, ["path", "fingerprint"])
-    counts = increments(reused, new, previous)
+    counts = increments(reused, new, stored)
     bytes_per_image = size * size * 3
     context.log.info(
         f"preprocessed_images: {valid} images ({counts['computed']} to decode, {counts['reused']} reused, "
         f"{counts['removed']} removed since), {rejected} rejected"
     )
-    work = split_for_work(new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=valid)
+    scanned = valid + counts["removed"]  # the previous version is read whole, the new rows too
+    work = split_for_work(new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=scanned)
     decoded = preprocess_frame(work, size)
     images = decoded if reused is None else reused.unionByName(decoded)
     return dg.Output(
@@ -256,18 +258,19 @@ def image_features(context: dg.AssetExecutionContext, preprocessed_images):
     key = model_key(weights, size)
     # Incremental: an image whose path and bytes are unchanged keeps its vector, if it came from
     # the same model (weights, size, conversion).
-    previous = previous_version(context, "image_features", "fingerprint", "model_key")
-    if previous is not None:
-        previous = previous.where(F.col("model_key") == key).select(*FEATURE_COLUMNS)
+    stored = previous_version(context, "image_features", "fingerprint", "model_key")
+    previous = None if stored is None else stored.where(F.col("model_key") == key).select(*FEATURE_COLUMNS)
     reused, new = reused_and_new(previous, preprocessed_images, ["path", "fingerprint"])
-    counts = increments(reused, new, previous)
+    counts = increments(reused, new, stored)
     threads = settings.model_threads or int(spark.conf.get("spark.task.cpus", "1"))
     model = None
     if counts["computed"]:
         model = feature_model(weights, size, storage, join(settings.assets_uri(), "_models"))
         computed = featurize_frame(
             spark,
-            split_for_work(new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=rows),
+            split_for_work(
+                new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=rows + counts["removed"]
+            ),
             model,
             threads,
             settings.predict_batch_size,

@@ -71,10 +71,10 @@ def images_root_sensor(context: dg.SensorEvaluationContext):
     if now == before:
         return dg.SkipReason(f"No change under {root}: {seen}")
     context.log.info(f"{root}: {seen}")
-    run_key = hashlib.sha256(json.dumps(now, sort_keys=True).encode()).hexdigest()[:16]
+    # No run_key: the cursor alone decides what is new. Dagster drops a request whose run_key the
+    # sensor used before, so a key made from the listing would skip a folder that returns to an
+    # earlier state (photos deleted, then uploaded again), leaving the assets without them.
     return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(run_key=run_key, tags={"fruits/images_root": root, "fruits/images_seen": seen[:200]})
-        ],
+        run_requests=[dg.RunRequest(tags={"fruits/images_root": root, "fruits/images_seen": seen[:200]})],
         cursor=json.dumps(now, sort_keys=True),
     )

@@ -153,8 +153,8 @@ def _checked_with(storage, known):
 
 
 def increments(reused, new, previous) -> dict:
-    """How many rows a run reuses, computes, and drops from the previous version (key columns
-    only are read)."""
+    """How many rows a run reuses, computes, and drops from the previous version (all of its
+    rows, also those another image size or model made; key columns only are read)."""
     reused_rows = reused.count() if reused is not None else 0
     return {
         "reused": reused_rows,

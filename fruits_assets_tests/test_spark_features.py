@@ -51,3 +51,18 @@ def test_features_do_not_depend_on_partitioning(spark):
         return np.array([r.features for r in frame.orderBy("path").collect()])
 
     np.testing.assert_array_equal(run(1), run(5))
+
+
+def test_parquet_and_arrow_batches_of_images_stay_small(spark):
+    """Batches are counted in rows, images are big: with Parquet's default vectorized batch (4,096
+    rows, ~600 MB at 224 px) two tasks ran the 4 GB driver out of heap at 24,000 images. Both
+    batch sizes of the session, times the largest image, stay within 64 MB per task."""
+    from fruits_assets.constants import SUPPORTED_IMAGE_SIZES
+    from fruits_assets.settings import FruitsSettings
+    from fruits_assets.spark import runtime_config
+
+    largest = max(SUPPORTED_IMAGE_SIZES) ** 2 * 3
+    config = runtime_config(FruitsSettings().resolve({}))
+    for key in ("spark.sql.parquet.columnarReaderBatchSize", "spark.sql.execution.arrow.maxRecordsPerBatch"):
+        assert int(config[key]) * largest <= 64 * 2**20, key
+        assert spark.conf.get(key) == config[key], key  # the session the tests (and runs) use
