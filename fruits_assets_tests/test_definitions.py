@@ -197,3 +197,20 @@ def test_every_selection_runs_from_the_cli(sample_root, tmp_path):
         log = result.stdout + result.stderr
         assert result.returncode == 0 and "RUN_SUCCESS" in log, log[-3000:]
         assert {name for name in materialized if f"Materialized value {name}." in log} == materialized
+
+
+def test_the_readme_names_every_setting_and_only_real_ones():
+    """The README's configuration table is how users find a setting: a renamed variable there
+    (FRUITS_TF_THREADS, after the code had moved to FRUITS_MODEL_THREADS) is silently ignored."""
+    import re
+    from pathlib import Path
+
+    from fruits_assets.settings import FruitsSettings
+
+    defined = {
+        field.json_schema_extra["env"] for field in FruitsSettings.model_fields.values() if field.json_schema_extra
+    }
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    named = set(re.findall(r"`(FRUITS_[A-Z0-9_]+)`", readme))
+    assert named - defined == set(), "the README names settings that do not exist"
+    assert defined - named == set(), "settings missing from the README"
