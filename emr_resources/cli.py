@@ -676,11 +676,23 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
     args = parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
     except FruitsConfigError as error:
         print(f"fruits-emr {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except NoCredentialsError:
+        print(
+            f"fruits-emr {args.command}: error: no AWS credentials found (set AWS_PROFILE, or run "
+            "`aws configure` / `aws sso login`; `aws sts get-caller-identity` must answer)",
+            file=sys.stderr,
+        )
+        return 2
+    except (BotoCoreError, ClientError) as error:  # AWS said no, or could not be reached: say what
+        print(f"fruits-emr {args.command}: AWS error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -309,3 +309,18 @@ def test_release_spark_minor_matches_installed_pyspark(resources):
     assert re.match(r"^emr-7\.\d+\.\d+$", release), "EMR 7.x ships Spark 3.5"
     cluster_spark = resources.cluster["spark_version"].split(".")[:2]
     assert pyspark.__version__.split(".")[:2] == cluster_spark
+
+
+def test_no_aws_credentials_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    """`fruits-emr render` asks STS for the account id: without credentials, one line saying what
+    to do, not botocore's traceback."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setattr("boto3.DEFAULT_SESSION", None)  # a session of an earlier test keeps its credentials
+    code = emr_cli.main(["render", "--bucket", "fruits-data", "--out-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("fruits-emr render: error: no AWS credentials found") and "Traceback" not in err, err
