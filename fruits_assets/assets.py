@@ -30,11 +30,10 @@ from fruits_assets.settings import FruitsSettings, validate_image_size
 from fruits_assets.spark_jobs import (
     PREPROCESSED_COLUMNS,
     as_vectors,
-    increments,
     preprocess_frame,
     project_frame,
     raw_images_frame,
-    reused_and_new,
+    reuse_plan,
     split_for_work,
 )
 from fruits_assets.storage import join
@@ -190,23 +189,22 @@ def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
     rejected = sum(r[2] for r in rejections(raw_images))
     # Incremental: an image whose path and bytes are unchanged, at the same size, keeps its arrays.
     stored = previous_version(context, "preprocessed_images", "fingerprint")
-    previous = None if stored is None else stored.where(F.col("image_size") == size).select(*PREPROCESSED_COLUMNS)
-    reused, new = reused_and_new(previous, usable, ["path", "fingerprint"])
-    counts = increments(reused, new, stored)
+    plan = reuse_plan(stored, F.col("image_size") == size, usable, ["path", "fingerprint"], PREPROCESSED_COLUMNS)
+    counts = plan.counts
     bytes_per_image = size * size * 3
     context.log.info(
         f"preprocessed_images: {valid} images ({counts['computed']} to decode, {counts['reused']} reused, "
         f"{counts['removed']} removed since), {rejected} rejected"
     )
     scanned = valid + counts["removed"]  # the previous version is read whole, the new rows too
-    work = split_for_work(new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=scanned)
-    decoded = preprocess_frame(work, size)
-    images = decoded if reused is None else reused.unionByName(decoded)
+    work = split_for_work(plan.new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=scanned)
+    decoded = preprocess_frame(work, size).withColumn("image_size", F.lit(size))
     return dg.Output(
-        images.withColumn("image_size", F.lit(size)),
+        plan.output(decoded),
         metadata={
             "rows": valid,
             **counts,
+            "reused_by_reference": counts["reused"] - plan.copied_rows,
             "image_size": size,
             "bytes_per_image": bytes_per_image,
             "storage_note": f"uint8 RGB {size}x{size}x3 = {bytes_per_image:,} B/image, zstd-compressed "
@@ -259,9 +257,8 @@ def image_features(context: dg.AssetExecutionContext, preprocessed_images):
     # Incremental: an image whose path and bytes are unchanged keeps its vector, if it came from
     # the same model (weights, size, conversion).
     stored = previous_version(context, "image_features", "fingerprint", "model_key")
-    previous = None if stored is None else stored.where(F.col("model_key") == key).select(*FEATURE_COLUMNS)
-    reused, new = reused_and_new(previous, preprocessed_images, ["path", "fingerprint"])
-    counts = increments(reused, new, stored)
+    plan = reuse_plan(stored, F.col("model_key") == key, preprocessed_images, ["path", "fingerprint"], FEATURE_COLUMNS)
+    counts = plan.counts
     threads = settings.model_threads or int(spark.conf.get("spark.task.cpus", "1"))
     model = None
     if counts["computed"]:
@@ -269,15 +266,14 @@ def image_features(context: dg.AssetExecutionContext, preprocessed_images):
         computed = featurize_frame(
             spark,
             split_for_work(
-                new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=rows + counts["removed"]
+                plan.new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=rows + counts["removed"]
             ),
             model,
             threads,
             settings.predict_batch_size,
         )
-        features = computed if reused is None else reused.unionByName(computed)
-    else:
-        features = reused
+    else:  # nothing new: the version is the reused rows (an empty frame of the right columns)
+        computed = stored.select(*FEATURE_COLUMNS).limit(0)
     context.log.info(f"image_features: {rows} images, {counts['computed']} to featurize, {counts['reused']} reused")
     if not weights.meaningful:
         context.log.warning("image_features: weights=random: these features are NOT meaningful.")
@@ -285,10 +281,11 @@ def image_features(context: dg.AssetExecutionContext, preprocessed_images):
     import pyspark
 
     return dg.Output(
-        features,
+        plan.output(computed),
         metadata={
             "rows": rows,
             **counts,
+            "reused_by_reference": counts["reused"] - plan.copied_rows,
             "dimension": FEATURE_DIM,
             "image_size": size,
             "weights": weights.spec,

@@ -7,7 +7,9 @@ the run sees them: its own staged version, else the version current when the run
 holds its root's writer lock from start to end (`versions.RunLock`): two runs at once never mix.
 
 How a value is stored, by its type:
-- a Spark DataFrame -> Parquet, written by Spark (local files, or EMRFS `s3://` on EMR);
+- a Spark DataFrame -> Parquet, written by Spark (local files, or EMRFS `s3://` on EMR); an
+  `Inheriting` frame (an incremental stage) -> its new rows as Parquet, plus the unchanged
+  Parquet files of earlier versions it includes by reference (`inherits` in the manifest);
 - a `dict` -> `value.json` (small results such as evaluation metrics);
 - any object with `save(place)` and `load(place, manifest)` stores itself: `PcaModel`
   (pca.py), `CsvTable` (csv_table.py). The manifest records its class, to load it back.
@@ -26,6 +28,7 @@ from fruits_assets.errors import FruitsConfigError, config_errors_fail_once, spa
 from fruits_assets.progress import SparkProgress
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.spark import SparkResource
+from fruits_assets.spark_jobs import Inheriting
 from fruits_assets.storage import Storage, join
 from fruits_assets.versions import PUBLISHED_BY_CHECK, RunLock, VersionStore
 
@@ -137,7 +140,7 @@ class FruitsIOManager(dg.ConfigurableIOManager):
                 "write_seconds": round(seconds, 2),
             }
         )
-        rows = _metadata_number(context.output_metadata.get("rows"))
+        rows = metadata.get("rows_written", _metadata_number(context.output_metadata.get("rows")))
         if rows and seconds > 0:
             metadata["rows_per_second"] = round(rows / seconds, 1)
         context.add_output_metadata(metadata)
@@ -150,19 +153,28 @@ class FruitsIOManager(dg.ConfigurableIOManager):
         if isinstance(obj, dict):
             place.write_bytes("value.json", json.dumps(obj, indent=1).encode())
             return {"format": "json"}, {}
+        if isinstance(obj, Inheriting):
+            # An incremental version: its own rows, and unchanged files of earlier versions.
+            self._write_parquet(obj.frame, place, context, obj.rows_written)
+            return {"format": "parquet", "inherits": obj.inherited}, {
+                "rows_written": obj.rows_written,
+                "files_inherited": len(obj.inherited),
+            }
         if _is_spark_frame(obj):
-            # Spark is lazy: the whole stage runs now, so this is where its progress is told.
-            rows = _metadata_number(context.output_metadata.get("rows"))
-            log = context.log.info if context.has_asset_key and context.step_context else print
-            with (
-                spark_filesystem_errors(place.uri),
-                SparkProgress(obj.sparkSession, log, context.asset_key.to_user_string(), rows),
-            ):
-                obj.write.mode("overwrite").parquet(place.uri)
+            self._write_parquet(obj, place, context, _metadata_number(context.output_metadata.get("rows")))
             return {"format": "parquet"}, {}
         raise dg.DagsterInvariantViolationError(
             f"{type(self).__name__} cannot store a {type(obj).__name__} (asset {context.asset_key.to_user_string()})."
         )
+
+    def _write_parquet(self, frame, place: Place, context, rows: int | None) -> None:
+        # Spark is lazy: the whole stage runs now, so this is where its progress is told.
+        log = context.log.info if context.has_asset_key and context.step_context else print
+        with (
+            spark_filesystem_errors(place.uri),
+            SparkProgress(frame.sparkSession, log, context.asset_key.to_user_string(), rows),
+        ):
+            frame.write.mode("overwrite").parquet(place.uri)
 
     # -- reading ------------------------------------------------------------------------------
     def load_input(self, context: dg.InputContext):
@@ -191,8 +203,10 @@ class FruitsIOManager(dg.ConfigurableIOManager):
         )
         fmt = manifest["format"]
         if fmt == "parquet":
+            # An incremental version includes files of earlier versions (`inherits`).
+            inherited = [join(place.asset_uri, relative) for relative in manifest.get("inherits", [])]
             with spark_filesystem_errors(place.uri):
-                return self.pyspark.spark_session.read.parquet(place.uri)
+                return self.pyspark.spark_session.read.parquet(place.uri, *inherited)
         if fmt == "json":
             return json.loads(place.read_bytes("value.json"))
         if fmt == "object":

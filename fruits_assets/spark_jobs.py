@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -152,35 +153,104 @@ def _checked_with(storage, known):
     return check
 
 
-def increments(reused, new, previous) -> dict:
-    """How many rows a run reuses, computes, and drops from the previous version (all of its
-    rows, also those another image size or model made; key columns only are read)."""
-    reused_rows = reused.count() if reused is not None else 0
-    return {
-        "reused": reused_rows,
-        "computed": new.count(),
-        "removed": (previous.count() - reused_rows) if previous is not None else 0,
-    }
+# At most this many earlier versions' files are kept by reference in a version; beyond, the
+# reused rows are written again into one version (a compaction), so a stage never reads from
+# more than this many folders, however many small incremental runs came before.
+MAX_INHERITED_VERSIONS = 8
 
 
-def reused_and_new(previous, current, keys: list[str]):
-    """(the rows of `previous` whose keys are in `current`, the rows of `current` whose keys are
-    not in `previous`): what a run keeps from the last version, and what it must compute.
+@dataclass
+class ReusePlan:
+    """What an incremental stage keeps from the previous version of its asset, and what it computes.
 
-    Only the keys (small columns) are broadcast: the stored images or vectors are never shuffled.
+    - `inherited`: whole Parquet files of the previous version (paths relative to the asset's
+      folder, `<version>/<file>`) whose every row is still valid: the new version includes them
+      by reference (`Inheriting`), they are neither read nor written again;
+    - `copied`: the still-valid rows of the other files (a file that also holds a changed, deleted
+      or otherwise outdated image), written again into the new version;
+    - `new`: the rows of the current input that no stored row matches: to compute.
+    """
+
+    inherited: list[str]
+    copied: object | None  # DataFrame of stored rows, or None
+    new: object  # DataFrame of input rows
+    counts: dict  # reused, computed, removed (rows of the previous version not kept)
+    copied_rows: int = 0
+
+    def output(self, computed):
+        """The new version: the computed rows, the copied rows, and the inherited files."""
+        frame = computed if self.copied is None else self.copied.select(*computed.columns).unionByName(computed)
+        return Inheriting(frame, self.inherited, self.copied_rows + self.counts["computed"])
+
+
+@dataclass
+class Inheriting:
+    """A DataFrame to store as a new Parquet version that also includes, by reference, whole
+    files of earlier versions of the same asset (stored by the IO manager; see `ReusePlan`)."""
+
+    frame: object
+    inherited: list[str]
+    rows_written: int
+
+
+def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
+    """Plan an incremental stage: `stored` is the previous version (or None), `valid` a Column
+    that is true for stored rows made with the same settings (image size, model), `current` the
+    stage's input, `keys` what identifies an input (path and content hash), `columns` those of
+    the stage's output (a stored file with other columns is copied, never inherited).
+
+    Only small columns are read to plan (Parquet reads the key columns alone), and only the
+    keys are broadcast: stored images or vectors are never shuffled, and a whole file that is
+    still valid is not read at all.
     """
     from pyspark.sql import functions as F
 
-    if previous is None:
-        return None, current
-    reused = previous.join(F.broadcast(current.select(*keys)), keys, "left_semi")
-    new = current.join(F.broadcast(previous.select(*keys)), keys, "left_anti")
-    return reused, new
+    if stored is None:
+        return ReusePlan([], None, current, {"reused": 0, "computed": current.count(), "removed": 0})
+    wanted = current.select(*keys).distinct().withColumn("_wanted", F.lit(True))
+    tagged = stored.select(F.input_file_name().alias("_file"), F.coalesce(valid, F.lit(False)).alias("_valid"), *keys)
+    per_file = (
+        tagged.join(F.broadcast(wanted), keys, "left")
+        .groupBy("_file")
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.sum(F.when(F.col("_valid") & F.col("_wanted").isNotNull(), 1).otherwise(0)).alias("kept"),
+        )
+        .collect()
+    )
+    whole = {r["_file"]: _relative_to_asset(r["_file"]) for r in per_file if r["kept"] and r["kept"] == r["rows"]}
+    whole = {file: relative for file, relative in whole.items() if relative is not None}
+    if (
+        set(stored.columns) != set(columns)
+        or len({relative.split("/")[0] for relative in whole.values()}) > MAX_INHERITED_VERSIONS
+    ):
+        whole = {}  # compaction: every reused row is written again
+    partial = [r["_file"] for r in per_file if r["kept"] and r["_file"] not in whole]
+    copied = None
+    if partial:
+        copied = stored.where(F.input_file_name().isin(partial) & valid).join(
+            F.broadcast(current.select(*keys)), keys, "left_semi"
+        )
+    new = current.join(F.broadcast(stored.where(valid).select(*keys)), keys, "left_anti")
+    reused = sum(r["kept"] for r in per_file)
+    counts = {"reused": reused, "computed": new.count(), "removed": sum(r["rows"] for r in per_file) - reused}
+    copied_rows = sum(r["kept"] for r in per_file if r["_file"] not in whole)
+    return ReusePlan(sorted(whole.values()), copied, new, counts, copied_rows)
+
+
+def _relative_to_asset(file_uri: str) -> str | None:
+    """`<version>/<file>` of a stored Parquet file (as Spark names it), or None if it is not in
+    a version folder (then its rows are copied, not inherited)."""
+    parts = file_uri.rstrip("/").split("/")
+    if len(parts) < 2 or not parts[-2].startswith("v-") or not parts[-1].endswith(".parquet"):
+        return None
+    return f"{parts[-2]}/{parts[-1]}"
 
 
 # -- preprocessed_images ------------------------------------------------------------------------
 PREPROCESSED_SCHEMA = "path string, split string, label string, fingerprint string, image binary"
-PREPROCESSED_COLUMNS = ("path", "split", "label", "fingerprint", "image")
+# The stored columns of preprocessed_images (`image_size` is added by the asset).
+PREPROCESSED_COLUMNS = ("path", "split", "label", "fingerprint", "image", "image_size")
 
 
 def preprocess_frame(images, image_size: int):

@@ -22,7 +22,8 @@ The rules (issue "two runs at once"):
   staged, never current.
 - **Cleanup never deletes what a run may read**: only while holding the lock, only versions that
   are neither current, nor the previous current (a reader outside any run may still be reading
-  it), nor this run's.
+  it), nor this run's, nor holding files that one of those includes by reference (an incremental
+  version lists in `inherits` the unchanged Parquet files of earlier versions it reads as its own).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class VersionStore:
             # A stable path for a file users open by name (the CSV): replaced whole, atomically.
             self.storage.copy(join(manifest["location"], name), join(self.asset_dir(asset), name))
         self._write_json(join(self.asset_dir(asset), CURRENT), manifest)
-        self.clean_up(asset, keep={manifest["version"], (previous or {}).get("version")}, run_id=run_id)
+        self.clean_up(asset, keep=versions_read_by(manifest) | versions_read_by(previous), run_id=run_id)
         return manifest
 
     def clean_up(self, asset: str, keep: set, run_id: str) -> list[str]:
@@ -169,6 +170,14 @@ class VersionStore:
 
     def forget_run(self, run_id: str) -> None:
         self.storage.delete(join(self.root, RUNS, f"{run_id}.json"))
+
+
+def versions_read_by(manifest: dict | None) -> set[str]:
+    """The version folders a reader of this manifest opens: its own, and those of the files it
+    includes by reference (`inherits`: `<version>/<file>` of earlier versions of the asset)."""
+    if not manifest:
+        return set()
+    return {manifest.get("version"), *(relative.split("/")[0] for relative in manifest.get("inherits", []))}
 
 
 # -- one writer at a time ---------------------------------------------------------------------

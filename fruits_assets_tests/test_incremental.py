@@ -143,11 +143,18 @@ def test_the_sensor_watches_a_bucket(images, monkeypatch, s3_bucket, moto_server
     assert json.loads(changed.cursor)["Test"]["files"] == 16
 
 
+def version_files(out, asset: str) -> tuple[list[Path], list[Path]]:
+    """(the current version's own Parquet files, the files of earlier versions it includes)."""
+    manifest = json.loads((out / asset / "_CURRENT.json").read_text())
+    own = sorted(Path(manifest["location"]).glob("part-*.parquet"))
+    return own, [out / asset / relative for relative in manifest.get("inherits", [])]
+
+
 def rows_per_file(out, asset: str) -> list[int]:
     import pyarrow.parquet as pq
 
-    location = json.loads((out / asset / "_CURRENT.json").read_text())["location"]
-    return [pq.ParquetFile(part).metadata.num_rows for part in sorted(Path(location).glob("part-*.parquet"))]
+    own, inherited = version_files(out, asset)
+    return [pq.ParquetFile(part).metadata.num_rows for part in own + inherited]
 
 
 def test_reused_rows_stay_in_files_of_about_rows_per_partition(spark, images, tmp_path):
@@ -164,3 +171,37 @@ def test_reused_rows_stay_in_files_of_about_rows_per_partition(spark, images, tm
         after = rows_per_file(out, asset)
         assert sum(after) == 49
         assert max(after) <= max(before, 8), (asset, before, after)
+
+
+def test_unchanged_files_are_included_by_reference_not_written_again(spark, images, tmp_path):
+    """An incremental version writes only its new rows (and the still-valid rows of a file that
+    also held a changed or deleted image); the previous version's other files are included by
+    reference (`inherits`), and cleanup keeps the folders they live in for as long as a kept
+    version reads them, across runs."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    config = run_config(images, rows_per_partition=4)
+    assert materialize(out, config).success
+    add_class(images, "Kiwi Gold 1", 2)
+    (images / "Test" / "Lime 1" / "1_100.jpg").unlink()
+    second = materialize(out, config)
+    assert second.success
+    for asset in ("preprocessed_images", "image_features"):
+        meta = metadata_of(second, asset)
+        own, inherited = version_files(out, asset)
+        written = sum(pq.ParquetFile(f).metadata.num_rows for f in own)
+        assert (meta["computed"], meta["reused"], meta["removed"]) == (2, 47, 1), (asset, meta)
+        assert inherited and meta["reused_by_reference"] == sum(pq.ParquetFile(f).metadata.num_rows for f in inherited)
+        assert written == 49 - meta["reused_by_reference"] < 10, (asset, written)
+        assert load(out, asset).count() == 49
+    # Two more runs: the first version is no longer current nor previous, but its files are read.
+    for name in ("Kiwi Gold 2", "Kiwi Gold 3"):
+        add_class(images, name, 1)
+        assert materialize(out, config).success
+    for asset in ("preprocessed_images", "image_features"):
+        own, inherited = version_files(out, asset)
+        assert all(f.exists() for f in own + inherited)
+        frame = load(out, asset)
+        assert frame.count() == 51 and frame.select("path").distinct().count() == 51
+    assert len(csv_rows(out)) == 51

@@ -62,6 +62,31 @@ def test_publishing_keeps_the_current_and_the_previous_version_only(store):
     assert failed not in kept and versions[2] in kept and len(kept) == 2
 
 
+def test_cleanup_keeps_the_versions_whose_files_a_kept_version_includes(store):
+    """An incremental version includes unchanged files of earlier versions (`inherits`): their
+    folders stay while the current or the previous version reads them, and go after."""
+
+    def publish(run: str, inherits: list[str]) -> str:
+        version, uri = store.new_version("features", run)
+        store.storage.write_bytes(f"{uri}/part-0.parquet", b"rows")
+        store.stage("features", run, {"format": "parquet", "location": uri, "version": version, "inherits": inherits})
+        store.publish("features", run, because="test")
+        return version
+
+    def kept() -> set:
+        return {n for n in store.storage.list_children(store.asset_dir("features")) if n.startswith("v-")}
+
+    first = publish("run-1", [])
+    second = publish("run-2", [f"{first}/part-0.parquet"])
+    third = publish("run-3", [f"{first}/part-0.parquet", f"{second}/part-0.parquet"])
+    fourth = publish("run-4", [f"{first}/part-0.parquet"])
+    assert kept() == {first, second, third, fourth}, "second: read by third, the previous version"
+    fifth = publish("run-5", [])
+    assert kept() == {first, fourth, fifth}, "first: still read by fourth, the previous version"
+    sixth = publish("run-6", [])
+    assert kept() == {fifth, sixth}
+
+
 def test_one_writer_at_a_time(store):
     first = RunLock(store, "run-1", wait_seconds=5).acquire()
     assert first.owner
