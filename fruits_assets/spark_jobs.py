@@ -10,6 +10,7 @@ import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import pandas as pd
 
@@ -227,9 +228,13 @@ def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
         whole = {}  # compaction: every reused row is written again
     partial = [r["_file"] for r in per_file if r["kept"] and r["_file"] not in whole]
     copied = None
-    if partial:
-        copied = stored.where(F.input_file_name().isin(partial) & valid).join(
-            F.broadcast(current.select(*keys)), keys, "left_semi"
+    if partial:  # read those files alone (a filter on the file name would read every file)
+        files = [unquote(file) for file in partial]  # Spark names files as URL-encoded URIs
+        copied = (
+            stored.sparkSession.read.schema(stored.schema)
+            .parquet(*files)
+            .where(valid)
+            .join(F.broadcast(current.select(*keys)), keys, "left_semi")
         )
     new = current.join(F.broadcast(stored.where(valid).select(*keys)), keys, "left_anti")
     reused = sum(r["kept"] for r in per_file)
