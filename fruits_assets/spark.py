@@ -34,12 +34,6 @@ def runtime_config(settings: FruitsSettings) -> dict:
         # driver out of heap at 24,000 images ("Cannot reserve additional contiguous bytes in the
         # vectorized reader"). 256 rows = 38 MB; the feature rows (5 KB) hardly notice.
         "spark.sql.parquet.columnarReaderBatchSize": "256",
-        # Files of at most rows_per_partition rows. A file of small rows (raw_images: photos of
-        # a few KB) is one Parquet row group that Spark cannot split, so the next stage gets one
-        # task per file (at 6,000 photos, raw_images wrote 5 files of ~1,260 rows, and
-        # preprocessed_images 8 files of ~750 rows from 51 tasks, most of them empty). And an incremental version includes the previous version's unchanged
-        # files whole (`spark_jobs.reuse_plan`): a changed image costs a rewrite of its file only.
-        "spark.sql.files.maxRecordsPerFile": str(settings.rows_per_partition),
     }
 
 
