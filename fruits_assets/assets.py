@@ -196,7 +196,7 @@ def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
         f"preprocessed_images: {valid} images ({counts['computed']} to decode, {counts['reused']} reused, "
         f"{counts['removed']} removed since), {rejected} rejected"
     )
-    scanned = valid + counts["removed"]  # the previous version is read whole, the new rows too
+    scanned = valid + counts["removed"]  # at most: the new rows, and the previous version's files
     work = split_for_work(plan.new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=scanned)
     decoded = preprocess_frame(work, size).withColumn("image_size", F.lit(size))
     return dg.Output(
