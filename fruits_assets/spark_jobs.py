@@ -179,8 +179,12 @@ class ReusePlan:
     copied_rows: int = 0
 
     def output(self, computed):
-        """The new version: the computed rows, the copied rows, and the inherited files."""
+        """The new version: the computed rows, the copied rows, and the inherited files (a plain
+        DataFrame when nothing is inherited, e.g. a first run, or an asset invoked directly in a
+        unit test, where the next asset gets this value itself)."""
         frame = computed if self.copied is None else self.copied.select(*computed.columns).unionByName(computed)
+        if not self.inherited:
+            return frame
         return Inheriting(frame, self.inherited, self.copied_rows + self.counts["computed"])
 
 
