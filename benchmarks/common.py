@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import sys
 import threading
 import time
 from pathlib import Path
@@ -58,13 +59,14 @@ def spark_session(cores: int, extra: dict | None = None):
     from pyspark.sql import SparkSession
 
     from fruits_assets.settings import FruitsSettings
-    from fruits_assets.spark import local_config
+    from fruits_assets.spark import local_config, python_for_workers
 
     builder = SparkSession.builder
     settings = FruitsSettings(spark_master=f"local[{cores}]").resolve({})
     for key, value in {**local_config(settings), **(extra or {})}.items():
         builder = builder.config(key, value)
-    spark = builder.config("spark.ui.enabled", "false").getOrCreate()
+    with python_for_workers(sys.executable):  # workers with this interpreter's packages
+        spark = builder.config("spark.ui.enabled", "false").getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

@@ -123,8 +123,8 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     if previous is not None:  # path -> (fingerprint, reason, stage): small columns only
         # Verdicts of decoding only: the listing's own (names, layout) are decided again every run.
         decoded = previous.where("fingerprint IS NOT NULL AND (stage IS NULL OR stage = 'decode')")
-        for row in decoded.select("path", "fingerprint", "reason", "stage").collect():
-            known[row.path] = (row.fingerprint, row.reason, row.stage)
+        verdicts = decoded.select("path", "fingerprint", "reason", "stage").toPandas()  # Arrow, not Rows
+        known = {p: (f, r, s) for p, f, r, s in verdicts.itertuples(index=False, name=None)}
     frame = raw_images_frame(spark, listed, root, storage, settings.rows_per_partition, known).persist(
         StorageLevel.MEMORY_AND_DISK
     )

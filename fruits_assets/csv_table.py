@@ -46,15 +46,30 @@ class CsvTable:
         return pd.read_csv(io.BytesIO(place.read_bytes(manifest["file_name"])))
 
 
+ORDER = ("split", "label", "path")
+
+
 def write_csv(projected, k: int, local_file: str) -> int:
-    """Stream the projected rows into one CSV, a partition at a time; return the row count."""
+    """Stream the projected rows, ordered by split, label and path, into one CSV, a partition at
+    a time; return the row count.
+
+    The projection is cached while it is sorted: a global sort reads its input twice (a sample
+    of the keys for the ranges, then the rows), which computed the projection twice (~3 s of
+    the step at 6,300 images of 224 px, measured from Spark's event log).
+    """
+    from pyspark import StorageLevel
+
     rows = 0
-    with open(local_file, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "split", *[f"pc_{i}" for i in range(1, k + 1)]])
-        for row in projected.toLocalIterator():
-            writer.writerow([row.path, row.label, row.split, *(format(v, ".9g") for v in row.pcs)])
-            rows += 1
+    cached = projected.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        with open(local_file, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label", "split", *[f"pc_{i}" for i in range(1, k + 1)]])
+            for row in cached.orderBy(*ORDER).toLocalIterator():
+                writer.writerow([row.path, row.label, row.split, *(format(v, ".9g") for v in row.pcs)])
+                rows += 1
+    finally:
+        cached.unpersist()
     return rows
 
 

@@ -8,8 +8,9 @@ holds its root's writer lock from start to end (`versions.RunLock`): two runs at
 
 How a value is stored, by its type:
 - a Spark DataFrame -> Parquet, written by Spark (local files, or EMRFS `s3://` on EMR); an
-  `Inheriting` frame (an incremental stage) -> its new rows as Parquet, plus the unchanged
-  Parquet files of earlier versions it includes by reference (`inherits` in the manifest);
+  `Inheriting` frame (an incremental stage) -> its new rows as Parquet, plus the Parquet files
+  of earlier versions it includes by reference (`inherits` in the manifest) but for their
+  outdated rows (`excludes`); see `stored_files`;
 - a `dict` -> `value.json` (small results such as evaluation metrics);
 - any object with `save(place)` and `load(place, manifest)` stores itself: `PcaModel`
   (pca.py), `CsvTable` (csv_table.py). The manifest records its class, to load it back.
@@ -28,8 +29,8 @@ from fruits_assets.errors import FruitsConfigError, config_errors_fail_once, spa
 from fruits_assets.progress import SparkProgress
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.spark import SparkResource
-from fruits_assets.spark_jobs import Inheriting
 from fruits_assets.storage import Storage, join
+from fruits_assets.stored_files import Inheriting, read_version
 from fruits_assets.versions import PUBLISHED_BY_CHECK, RunLock, VersionStore
 
 
@@ -156,9 +157,10 @@ class FruitsIOManager(dg.ConfigurableIOManager):
         if isinstance(obj, Inheriting):
             # An incremental version: its own rows, and unchanged files of earlier versions.
             self._write_parquet(obj.frame, place, context, obj.rows_written)
-            return {"format": "parquet", "inherits": obj.inherited}, {
+            return {"format": "parquet", "inherits": obj.inherited, "excludes": obj.excluded}, {
                 "rows_written": obj.rows_written,
                 "files_inherited": len(obj.inherited),
+                "rows_excluded_from_inherited_files": len(obj.excluded),
             }
         if _is_spark_frame(obj):
             self._write_parquet(obj, place, context, _metadata_number(context.output_metadata.get("rows")))
@@ -203,10 +205,11 @@ class FruitsIOManager(dg.ConfigurableIOManager):
         )
         fmt = manifest["format"]
         if fmt == "parquet":
-            # An incremental version includes files of earlier versions (`inherits`).
+            # An incremental version includes files of earlier versions (`inherits`), but for
+            # their outdated rows (`excludes`).
             inherited = [join(place.asset_uri, relative) for relative in manifest.get("inherits", [])]
             with spark_filesystem_errors(place.uri):
-                return self.pyspark.spark_session.read.parquet(place.uri, *inherited)
+                return read_version(self.pyspark.spark_session, place.uri, inherited, manifest.get("excludes", []))
         if fmt == "json":
             return json.loads(place.read_bytes("value.json"))
         if fmt == "object":

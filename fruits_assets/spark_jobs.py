@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 import pandas as pd
 
 from fruits_assets.images import ImageRejected, array_to_bytes, decode_image, open_image
 from fruits_assets.listing import ListedFile
+from fruits_assets.stored_files import Inheriting, relative_to_asset, stored_file
 
 
 def task_slots(spark) -> int:
@@ -158,17 +159,22 @@ def _checked_with(storage, known):
 # reused rows are written again into one version (a compaction), so a stage never reads from
 # more than this many folders, however many small incremental runs came before.
 MAX_INHERITED_VERSIONS = 8
+# A version also compacts when more than this share of the rows in the files it would inherit
+# are excluded ones (read and filtered out by every reader): rewriting once is then cheaper.
+MAX_EXCLUDED_SHARE = 0.25
 
 
 @dataclass
 class ReusePlan:
     """What an incremental stage keeps from the previous version of its asset, and what it computes.
 
-    - `inherited`: whole Parquet files of the previous version (paths relative to the asset's
-      folder, `<version>/<file>`) whose every row is still valid: the new version includes them
-      by reference (`Inheriting`), they are neither read nor written again;
-    - `copied`: the still-valid rows of the other files (a file that also holds a changed, deleted
-      or otherwise outdated image), written again into the new version;
+    - `inherited`: Parquet files of the previous version (paths relative to the asset's folder,
+      `<version>/<file>`) holding at least one row still valid: the new version includes them by
+      reference (`stored_files.Inheriting`), they are neither read nor written again;
+    - `excluded`: the rows of those files that the new version does not include (a changed,
+      deleted or otherwise outdated image), as (`<version>/<file>`, path) pairs;
+    - `copied`: when the version compacts (see `reuse_plan`), every still-valid stored row,
+      written again into the new version; else None;
     - `new`: the rows of the current input that no stored row matches: to compute.
     """
 
@@ -177,6 +183,7 @@ class ReusePlan:
     new: object  # DataFrame of input rows
     counts: dict  # reused, computed, removed (rows of the previous version not kept)
     copied_rows: int = 0
+    excluded: list = field(default_factory=list)
 
     def output(self, computed):
         """The new version: the computed rows, the copied rows, and the inherited files (a plain
@@ -185,17 +192,7 @@ class ReusePlan:
         frame = computed if self.copied is None else self.copied.select(*computed.columns).unionByName(computed)
         if not self.inherited:
             return frame
-        return Inheriting(frame, self.inherited, self.copied_rows + self.counts["computed"])
-
-
-@dataclass
-class Inheriting:
-    """A DataFrame to store as a new Parquet version that also includes, by reference, whole
-    files of earlier versions of the same asset (stored by the IO manager; see `ReusePlan`)."""
-
-    frame: object
-    inherited: list[str]
-    rows_written: int
+        return Inheriting(frame, self.inherited, self.copied_rows + self.counts["computed"], self.excluded)
 
 
 def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
@@ -205,55 +202,64 @@ def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
     the stage's output (a stored file with other columns is copied, never inherited).
 
     Only small columns are read to plan (Parquet reads the key columns alone), and only the
-    keys are broadcast: stored images or vectors are never shuffled, and a whole file that is
-    still valid is not read at all.
+    keys are broadcast: stored images or vectors are never shuffled, and a stored file is not
+    read at all, whether inherited or not. The rows of every stored file are counted, also
+    those the previous version already excluded, so that an inherited file's exclusions carry
+    over to the next version.
+
+    The version compacts (writes every reused row again, inherits nothing) when the stored
+    columns differ from the output's, when it would read from more than MAX_INHERITED_VERSIONS
+    folders, or when more than MAX_EXCLUDED_SHARE of the inherited files' rows are excluded.
     """
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     if stored is None:
         return ReusePlan([], None, current, {"reused": 0, "computed": current.count(), "removed": 0})
     wanted = current.select(*keys).distinct().withColumn("_wanted", F.lit(True))
-    tagged = stored.select(F.input_file_name().alias("_file"), F.coalesce(valid, F.lit(False)).alias("_valid"), *keys)
-    per_file = (
-        tagged.join(F.broadcast(wanted), keys, "left")
-        .groupBy("_file")
-        .agg(
-            F.count(F.lit(1)).alias("rows"),
-            F.sum(F.when(F.col("_valid") & F.col("_wanted").isNotNull(), 1).otherwise(0)).alias("kept"),
-        )
-        .collect()
+    seen = (  # the rows a reader of the stored version sees, and whether the new one keeps them
+        stored.select(stored_file().alias("_file"), F.coalesce(valid, F.lit(False)).alias("_valid"), *keys)
+        .join(F.broadcast(wanted), keys, "left")
+        .select("_file", "path", (F.col("_valid") & F.col("_wanted").isNotNull()).alias("_kept"))
     )
-    whole = {r["_file"]: _relative_to_asset(r["_file"]) for r in per_file if r["kept"] and r["kept"] == r["rows"]}
-    whole = {file: relative for file, relative in whole.items() if relative is not None}
-    if (
-        set(stored.columns) != set(columns)
-        or len({relative.split("/")[0] for relative in whole.values()}) > MAX_INHERITED_VERSIONS
-    ):
-        whole = {}  # compaction: every reused row is written again
-    partial = [r["_file"] for r in per_file if r["kept"] and r["_file"] not in whole]
-    copied = None
-    if partial:  # read those files alone (a filter on the file name would read every file)
-        files = [unquote(file) for file in partial]  # Spark names files as URL-encoded URIs
-        copied = (
-            stored.sparkSession.read.schema(stored.schema)
-            .parquet(*files)
-            .where(valid)
-            .join(F.broadcast(current.select(*keys)), keys, "left_semi")
+    present = (  # every row of the stored files, the ones excluded before included
+        stored.sparkSession.read.schema(stored.schema)
+        .parquet(*[unquote(file) for file in stored.inputFiles()])  # URL-encoded URIs
+        .select(stored_file().alias("_file"), "path")
+    )
+    rows = present.join(seen, ["_file", "path"], "left").persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        per_file = (
+            rows.groupBy("_file")
+            .agg(
+                F.count(F.lit(1)).alias("rows"),
+                F.count("_kept").alias("seen"),
+                F.sum(F.col("_kept").cast("int")).alias("kept"),
+            )
+            .collect()
         )
+        inherited = {r["_file"]: r for r in per_file if r["kept"] and relative_to_asset(r["_file"]) is not None}
+        reused = sum(r["kept"] or 0 for r in per_file)
+        dead = sum(r["rows"] - r["kept"] for r in inherited.values())
+        if (
+            set(stored.columns) != set(columns)
+            or len({file.split("/")[0] for file in inherited}) > MAX_INHERITED_VERSIONS
+            or dead > MAX_EXCLUDED_SHARE * max(reused, 1)
+            or len(inherited) < sum(1 for r in per_file if r["kept"])  # a file outside a version folder
+        ):
+            inherited = {}  # compaction: every reused row is written again
+        excluded = []
+        if inherited and dead:
+            outdated = rows.where(F.col("_file").isin(list(inherited)) & ~F.coalesce("_kept", F.lit(False)))
+            excluded = sorted([r["_file"], r["path"]] for r in outdated.select("_file", "path").collect())
+    finally:
+        rows.unpersist()
+    copied = None
+    if not inherited and reused:
+        copied = stored.where(valid).join(F.broadcast(current.select(*keys)), keys, "left_semi")
     new = current.join(F.broadcast(stored.where(valid).select(*keys)), keys, "left_anti")
-    reused = sum(r["kept"] for r in per_file)
-    counts = {"reused": reused, "computed": new.count(), "removed": sum(r["rows"] for r in per_file) - reused}
-    copied_rows = sum(r["kept"] for r in per_file if r["_file"] not in whole)
-    return ReusePlan(sorted(whole.values()), copied, new, counts, copied_rows)
-
-
-def _relative_to_asset(file_uri: str) -> str | None:
-    """`<version>/<file>` of a stored Parquet file (as Spark names it), or None if it is not in
-    a version folder (then its rows are copied, not inherited)."""
-    parts = file_uri.rstrip("/").split("/")
-    if len(parts) < 2 or not parts[-2].startswith("v-") or not parts[-1].endswith(".parquet"):
-        return None
-    return f"{parts[-2]}/{parts[-1]}"
+    counts = {"reused": reused, "computed": new.count(), "removed": sum(r["seen"] for r in per_file) - reused}
+    return ReusePlan(sorted(inherited), copied, new, counts, 0 if inherited else reused, excluded)
 
 
 # -- preprocessed_images ------------------------------------------------------------------------
@@ -283,8 +289,6 @@ def as_vectors(features):
 def project_frame(features, spark_model):
     from pyspark.ml.functions import vector_to_array
 
-    return (
-        spark_model.transform(as_vectors(features))
-        .select("path", "label", "split", vector_to_array("pca").alias("pcs"))
-        .orderBy("split", "label", "path")
-    )
+    return spark_model.transform(as_vectors(features)).select(
+        "path", "label", "split", vector_to_array("pca").alias("pcs")
+    )  # ordered when written (csv_table.write_csv)
