@@ -196,8 +196,9 @@ def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
         f"preprocessed_images: {valid} images ({counts['computed']} to decode, {counts['reused']} reused, "
         f"{counts['removed']} removed since), {rejected} rejected"
     )
-    scanned = valid + counts["removed"]  # at most: the new rows, and the previous version's files
-    work = split_for_work(plan.new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=scanned)
+    work = split_for_work(
+        plan.new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=plan.scanned_rows
+    )
     decoded = preprocess_frame(work, size).withColumn("image_size", F.lit(size))
     return dg.Output(
         plan.output(decoded),
@@ -266,7 +267,7 @@ def image_features(context: dg.AssetExecutionContext, preprocessed_images):
         computed = featurize_frame(
             spark,
             split_for_work(
-                plan.new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=rows + counts["removed"]
+                plan.new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=plan.scanned_rows
             ),
             model,
             threads,

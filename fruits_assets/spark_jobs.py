@@ -184,6 +184,7 @@ class ReusePlan:
     counts: dict  # reused, computed, removed (rows of the previous version not kept)
     copied_rows: int = 0
     excluded: list = field(default_factory=list)
+    scanned_rows: int = 0  # rows the job that writes the new version reads (new + copied)
 
     def output(self, computed):
         """The new version: the computed rows, the copied rows, and the inherited files (a plain
@@ -215,7 +216,8 @@ def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
     from pyspark.sql import functions as F
 
     if stored is None:
-        return ReusePlan([], None, current, {"reused": 0, "computed": current.count(), "removed": 0})
+        rows = current.count()
+        return ReusePlan([], None, current, {"reused": 0, "computed": rows, "removed": 0}, scanned_rows=rows)
     wanted = current.select(*keys).distinct().withColumn("_wanted", F.lit(True))
     seen = (  # the rows a reader of the stored version sees, and whether the new one keeps them
         stored.select(stored_file().alias("_file"), F.coalesce(valid, F.lit(False)).alias("_valid"), *keys)
@@ -257,9 +259,61 @@ def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
     copied = None
     if not inherited and reused:
         copied = stored.where(valid).join(F.broadcast(current.select(*keys)), keys, "left_semi")
-    new = current.join(F.broadcast(stored.where(valid).select(*keys)), keys, "left_anti")
-    counts = {"reused": reused, "computed": new.count(), "removed": sum(r["seen"] for r in per_file) - reused}
-    return ReusePlan(sorted(inherited), copied, new, counts, 0 if inherited else reused, excluded)
+    new, computed, scanned = _new_rows(current, stored.where(valid).select(*keys).distinct(), keys)
+    counts = {"reused": reused, "computed": computed, "removed": sum(r["seen"] for r in per_file) - reused}
+    copied_rows = 0 if inherited else reused
+    return ReusePlan(sorted(inherited), copied, new, counts, copied_rows, excluded, scanned + copied_rows)
+
+
+# New rows are read from the files that hold them alone when at most this many (their keys are
+# broadcast to pick them out); more, and they are picked out of every file of the input.
+MAX_NEW_ROWS_PICKED_BY_FILE = 100_000
+
+
+def _new_rows(current, stored_keys, keys: list[str]):
+    """(the rows of `current` that no stored key matches, how many, how many rows the job that
+    computes them reads).
+
+    An anti-join on `current` reads every row's every column: every image of the input, to keep
+    the few new ones. When the input is stored Parquet and only some of its files hold new rows
+    (an incremental run: its own new files), those files alone are read, and the new rows picked
+    out of them by their (file, keys) as seen through `current` (so rows an input version
+    excludes stay excluded), collected: at most MAX_NEW_ROWS_PICKED_BY_FILE small rows. Planning
+    reads the key columns alone.
+    """
+    from pyspark.sql import functions as F
+
+    tagged = current.select(F.input_file_name().alias("_uri"), stored_file().alias("_file"), *keys)
+    fresh = tagged.join(F.broadcast(stored_keys), keys, "left_anti")
+    per_file = (
+        tagged.groupBy("_uri")
+        .count()
+        .join(fresh.groupBy("_uri").agg(F.count(F.lit(1)).alias("new")), "_uri", "left")
+        .collect()
+    )
+    computed = sum(r["new"] or 0 for r in per_file)
+    holding = [r for r in per_file if r["new"]]
+    everything = current.join(F.broadcast(stored_keys), keys, "left_anti")
+    if (
+        not 0 < computed <= MAX_NEW_ROWS_PICKED_BY_FILE
+        or len(holding) == len(per_file)
+        or not all(r["_uri"] for r in per_file)
+    ):
+        return everything, computed, sum(r["count"] for r in per_file)
+    spark = current.sparkSession
+    files = [unquote(r["_uri"]) for r in holding]  # Spark names files as URL-encoded URIs
+    wanted = spark.createDataFrame(  # a small local table: the job reads no other input file
+        [tuple(r) for r in fresh.select("_file", *keys).collect()],
+        fresh.select("_file", *keys).schema,
+    )
+    picked = (
+        spark.read.schema(current.schema)
+        .parquet(*files)
+        .withColumn("_file", stored_file())
+        .join(F.broadcast(wanted), ["_file", *keys], "left_semi")
+        .drop("_file")
+    )
+    return picked, computed, sum(r["count"] for r in holding)
 
 
 # -- preprocessed_images ------------------------------------------------------------------------

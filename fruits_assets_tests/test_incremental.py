@@ -245,3 +245,47 @@ def test_a_version_that_would_mostly_read_excluded_rows_is_written_whole(spark, 
         assert (meta["computed"], meta["reused"], meta["removed"]) == (0, 32, 16), (asset, meta)
         assert inherited == [] and meta["reused_by_reference"] == 0
         assert load(out, asset).count() == 32 and rows_per_file(out, asset) and sum(rows_per_file(out, asset)) == 32
+
+
+def write_version(spark, asset_dir: Path, version: str, rows: list[tuple]) -> list[str]:
+    """Rows (path, fingerprint, image) as one Parquet file per row in `asset_dir/version`;
+    returns the files as `<version>/<file>`."""
+    for row in rows:
+        frame = spark.createDataFrame([row], "path string, fingerprint string, image binary")
+        frame.coalesce(1).write.mode("append").parquet(str(asset_dir / version))
+    return sorted(f"{version}/{p.name}" for p in (asset_dir / version).glob("part-*.parquet"))
+
+
+def test_a_stored_version_reads_inherited_files_without_their_excluded_rows(spark, tmp_path):
+    """An exclusion hides one row of one inherited file: the same path in another file (the new
+    row of an image whose bytes changed, or changed back) stays."""
+    from fruits_assets.stored_files import read_version
+
+    asset = tmp_path / "asset dir"
+    old = write_version(spark, asset, "v-1", [("a", "f1", b"A1"), ("b", "f1", b"B1")])
+    write_version(spark, asset, "v-2", [("a", "f1", b"A1 again")])
+    a_file = next(f for f in old if spark.read.parquet(str(asset / f)).first().path == "a")
+    frame = read_version(spark, str(asset / "v-2"), [str(asset / f) for f in old], [[a_file, "a"]])
+    assert sorted((r.path, r.image) for r in frame.collect()) == [("a", b"A1 again"), ("b", b"B1")]
+
+
+def test_new_rows_are_read_from_the_files_that_hold_them_alone(spark, tmp_path):
+    """Planning an incremental stage reads key columns only; the job that computes the new rows
+    then reads only the input files holding them, not every stored image of the input."""
+    from pyspark.sql import functions as F
+
+    from fruits_assets.spark_jobs import reuse_plan
+
+    asset = tmp_path / "input"
+    write_version(spark, asset, "v-1", [(f"p{i}", "f", b"x" * 100) for i in range(4)])
+    new_files = write_version(spark, asset, "v-2", [("p9", "f", b"new")])
+    current = spark.read.parquet(str(asset / "v-1"), str(asset / "v-2"))
+    stored = write_version(spark, tmp_path / "output", "v-1", [(f"p{i}", "f", b"done") for i in range(4)])
+    stored_frame = spark.read.parquet(*[str(tmp_path / "output" / f) for f in stored]).withColumn("ok", F.lit(True))
+    plan = reuse_plan(
+        stored_frame, F.col("ok"), current, ["path", "fingerprint"], ("path", "fingerprint", "image", "ok")
+    )
+    assert plan.counts == {"reused": 4, "computed": 1, "removed": 0}
+    assert [r.path for r in plan.new.collect()] == ["p9"]
+    assert [Path(f).name for f in plan.new.inputFiles()] == [Path(f).name for f in new_files]
+    assert plan.scanned_rows == 1
