@@ -203,10 +203,9 @@ def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
     the stage's output (a stored file with other columns is copied, never inherited).
 
     Only small columns are read to plan (Parquet reads the key columns alone), and only the
-    keys are broadcast: stored images or vectors are never shuffled, and a stored file is not
-    read at all, whether inherited or not. The rows of every stored file are counted, also
-    those the previous version already excluded, so that an inherited file's exclusions carry
-    over to the next version.
+    keys are broadcast: stored images or vectors are neither read nor shuffled. The rows of every
+    stored file are counted, also those the previous version already excluded, so that an
+    inherited file's exclusions carry over to the next version.
 
     The version compacts (writes every reused row again, inherits nothing) when the stored
     columns differ from the output's, when it would read from more than MAX_INHERITED_VERSIONS
