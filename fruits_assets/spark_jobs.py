@@ -160,8 +160,11 @@ def _checked_with(storage, known):
 # more than this many folders, however many small incremental runs came before.
 MAX_INHERITED_VERSIONS = 8
 # A version also compacts when more than this share of the rows in the files it would inherit
-# are excluded ones (read and filtered out by every reader): rewriting once is then cheaper.
+# are excluded ones (read and filtered out by every reader: rewriting once is then cheaper), or
+# when they are more than MAX_EXCLUDED_ROWS: each is a literal of the readers' filter, and
+# PySpark builds such a list one call to the JVM per literal (10,000 took 14 s here).
 MAX_EXCLUDED_SHARE = 0.25
+MAX_EXCLUDED_ROWS = 1_000
 
 
 @dataclass
@@ -209,7 +212,8 @@ def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
 
     The version compacts (writes every reused row again, inherits nothing) when the stored
     columns differ from the output's, when it would read from more than MAX_INHERITED_VERSIONS
-    folders, or when more than MAX_EXCLUDED_SHARE of the inherited files' rows are excluded.
+    folders, or when more than MAX_EXCLUDED_SHARE of the inherited files' rows (or more than
+    MAX_EXCLUDED_ROWS) are excluded.
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -245,7 +249,8 @@ def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
         if (
             set(stored.columns) != set(columns)
             or len({file.split("/")[0] for file in inherited}) > MAX_INHERITED_VERSIONS
-            or dead > MAX_EXCLUDED_SHARE * max(reused, 1)
+            or dead > MAX_EXCLUDED_SHARE * sum(r["rows"] for r in inherited.values())
+            or dead > MAX_EXCLUDED_ROWS
             or len(inherited) < sum(1 for r in per_file if r["kept"])  # a file outside a version folder
         ):
             inherited = {}  # compaction: every reused row is written again
@@ -261,7 +266,8 @@ def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
     new, computed, scanned = _new_rows(current, stored.where(valid).select(*keys).distinct(), keys)
     counts = {"reused": reused, "computed": computed, "removed": sum(r["seen"] for r in per_file) - reused}
     copied_rows = 0 if inherited else reused
-    return ReusePlan(sorted(inherited), copied, new, counts, copied_rows, excluded, scanned + copied_rows)
+    copy_reads = 0 if inherited else sum(r["rows"] for r in per_file)  # the excluded rows too
+    return ReusePlan(sorted(inherited), copied, new, counts, copied_rows, excluded, scanned + copy_reads)
 
 
 # New rows are read from the files that hold them alone when at most this many (their keys are
@@ -291,13 +297,11 @@ def _new_rows(current, stored_keys, keys: list[str]):
         .collect()
     )
     computed = sum(r["new"] or 0 for r in per_file)
+    if computed == 0:  # an empty local relation: the job that writes reads no input file
+        return current.limit(0), 0, 0
     holding = [r for r in per_file if r["new"]]
     everything = current.join(F.broadcast(stored_keys), keys, "left_anti")
-    if (
-        not 0 < computed <= MAX_NEW_ROWS_PICKED_BY_FILE
-        or len(holding) == len(per_file)
-        or not all(r["_uri"] for r in per_file)
-    ):
+    if computed > MAX_NEW_ROWS_PICKED_BY_FILE or len(holding) == len(per_file) or not all(r["_uri"] for r in per_file):
         return everything, computed, sum(r["count"] for r in per_file)
     spark = current.sparkSession
     files = [unquote(r["_uri"]) for r in holding]  # Spark names files as URL-encoded URIs
