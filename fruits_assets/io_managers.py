@@ -155,7 +155,7 @@ class FruitsIOManager(dg.ConfigurableIOManager):
             place.write_bytes("value.json", json.dumps(obj, indent=1).encode())
             return {"format": "json"}, {}
         if isinstance(obj, Inheriting):
-            # An incremental version: its own rows, and unchanged files of earlier versions.
+            # An incremental version: its own rows, and files of earlier versions (see stored_files).
             self._write_parquet(obj.frame, place, context, obj.rows_written)
             return {"format": "parquet", "inherits": obj.inherited, "excludes": obj.excluded}, {
                 "rows_written": obj.rows_written,
