@@ -29,7 +29,10 @@ from fruits_assets.quality import evaluate
 from fruits_assets.settings import FruitsSettings, validate_image_size
 from fruits_assets.spark_jobs import (
     PREPROCESSED_COLUMNS,
+    RAW_COLUMNS,
+    RAW_REUSABLE,
     as_vectors,
+    listing_frame,
     preprocess_frame,
     project_frame,
     raw_images_frame,
@@ -116,40 +119,47 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     from pyspark.sql import functions as F
 
     spark = spark_for(context, "raw_images")
+    listing = listing_frame(spark, listed)
+    # Incremental: a file whose path and identity (size and content hash; S3: size and ETag) are
+    # unchanged keeps its row, bytes and verdict; only new or changed files are read and checked.
+    previous = previous_version(context, "raw_images", "identity")
+    keys = ["path", "identity"]
+    plan = reuse_plan(previous, F.expr(RAW_REUSABLE), listing, keys, RAW_COLUMNS)
+    counts = plan.counts
     # Cached (the files' bytes, not images): the counts below and the IO manager's write read
     # each file once, not twice.
-    previous = previous_version(context, "raw_images", "fingerprint")
-    known = {}
-    if previous is not None:  # path -> (fingerprint, reason, stage): small columns only
-        # Verdicts of decoding only: the listing's own (names, layout) are decided again every run.
-        decoded = previous.where("fingerprint IS NOT NULL AND (stage IS NULL OR stage = 'decode')")
-        verdicts = decoded.select("path", "fingerprint", "reason", "stage").toPandas()  # Arrow, not Rows
-        known = {p: (f, r, s) for p, f, r, s in verdicts.itertuples(index=False, name=None)}
-    frame = raw_images_frame(spark, listed, root, storage, settings.rows_per_partition, known).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
-    rows = (
-        frame.groupBy("stage", "checked").agg(F.count(F.lit(1)).alias("files"), F.sum("size").alias("bytes")).collect()
-    )
+    frame = raw_images_frame(
+        spark, plan.new, counts["computed"], root, storage, settings.rows_per_partition, counts["reused"] == 0
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    stats = F.count(F.lit(1)).alias("files"), F.sum("size").alias("bytes")
+    rows = frame.groupBy("stage", "checked").agg(*stats).collect()
+    if counts["reused"]:  # the reused rows' verdicts (small columns of the stored version)
+        reused = previous.where(RAW_REUSABLE).join(F.broadcast(listing.select(*keys)), keys, "left_semi")
+        rows += [
+            {"stage": r["stage"], "checked": False, "files": r["files"], "bytes": r["bytes"]}
+            for r in reused.groupBy("stage").agg(*stats).collect()
+        ]
     by_stage: dict = {}
     for row in rows:
         by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + row["files"]
-    counts: dict[tuple, int] = {}
+    counts_by_class: dict[tuple, int] = {}
     for f in images:
-        counts[(f.split, f.label)] = counts.get((f.split, f.label), 0) + 1
-    splits = sorted({s for s, _ in counts})
-    labels = sorted({label for _, label in counts})
-    table = [[label, *[counts.get((s, label), 0) for s in splits]] for label in labels]
-    table.append(["**total**", *[sum(c for (s, _), c in counts.items() if s == split) for split in splits]])
+        counts_by_class[(f.split, f.label)] = counts_by_class.get((f.split, f.label), 0) + 1
+    splits = sorted({s for s, _ in counts_by_class})
+    labels = sorted({label for _, label in counts_by_class})
+    table = [[label, *[counts_by_class.get((s, label), 0) for s in splits]] for label in labels]
+    table.append(["**total**", *[sum(c for (s, _), c in counts_by_class.items() if s == split) for split in splits]])
     usable = by_stage.get(None, 0)
     decoded = sum(r["files"] for r in rows if r["checked"])
     seconds = round(time.perf_counter() - started, 2)
     context.log.info(f"raw_images: {len(listed)} files under {root} ({usable} usable images) in {seconds}s")
     yield dg.Output(
-        frame,
+        plan.output(frame),
         metadata={
             "images_root": root,
             "rows": len(listed),
+            **counts,
+            "reused_by_reference": counts["reused"] - plan.copied_rows,
             "images": usable,
             "rejected_at_listing": len(listed) - len(images),
             "unreadable": by_stage.get("read", 0),

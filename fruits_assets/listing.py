@@ -7,7 +7,8 @@ image in the expected place: nothing found is silently dropped.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "icon\r"}
@@ -19,6 +20,8 @@ class ListedFile:
     split: str | None
     label: str | None
     reason: str | None  # None: an image to decode; else why it was rejected at listing
+    # What says whether the file changed since an earlier run (`Storage.identity`); None: unknown.
+    identity: str | None = None
 
 
 def relative_parts(root: str, path: str) -> list[str]:
@@ -68,13 +71,18 @@ def apply_limit(files: list[ListedFile], limit_per_class: int | None) -> tuple[l
 def list_images(
     storage, root: str, limit_per_class: int | None = None, splits: list[str] | None = None
 ) -> tuple[list[ListedFile], int]:
-    """All files under `root` (only under the `splits` top folders, if given), classified and
-    sorted by path; and how many the limit skipped."""
-    files = [classify(root, p) for p in storage.list_files(root)]
+    """All files under `root` (only under the `splits` top folders, if given), classified,
+    identified (`Storage.identity`: an image's content hash is read here, locally) and sorted by
+    path; and how many the limit skipped."""
+    versions = dict(storage.list_versions(root))
+    files = [classify(root, p) for p in versions]
     if splits:
         files = [f for f in files if f.split in splits]
     files.sort(key=lambda f: f.path)
-    return apply_limit(files, limit_per_class)
+    kept, skipped = apply_limit(files, limit_per_class)
+    with ThreadPoolExecutor(8) as pool:  # local reads: I/O bound, and sha256 releases the GIL
+        identities = pool.map(lambda f: storage.identity(f.path, versions[f.path], f.reason is None), kept)
+        return [replace(f, identity=identity) for f, identity in zip(kept, identities, strict=True)], skipped
 
 
 def images_root(setting: str, assets_uri: str, storage) -> str:

@@ -59,40 +59,49 @@ def split_for_work(stored, rows: int, spark, rows_per_partition: int, scanned_ro
 # -- raw_images --------------------------------------------------------------------------------
 RAW_SCHEMA = (
     "path string, split string, label string, reason string, stage string, size long, fingerprint string, "
-    "checked boolean, content binary"
+    "checked boolean, identity string, content binary"
 )
-LISTING_SCHEMA = "path string, split string, label string, reason string"
+RAW_COLUMNS = tuple(column.split()[0] for column in RAW_SCHEMA.split(", "))
+LISTING_SCHEMA = "path string, split string, label string, reason string, identity string"
+# Stored raw rows that a file with the same path and identity keeps: the verdicts of its content
+# (a usable image, or not decodable) and of its name; an unreadable file is tried again.
+RAW_REUSABLE = "stage IS NULL OR stage IN ('decode', 'listing')"
 
 
-def raw_images_frame(spark, listed: list[ListedFile], root: str, storage, rows_per_partition: int, known=None):
-    """Listed files -> a DataFrame of each file's bytes and, for a file that is not a usable
-    image, why (stage `listing`, `read` or `decode`).
+def listing_frame(spark, listed: list[ListedFile]):
+    """The listed files as a DataFrame (from pandas, through Arrow: a local relation in the JVM,
+    no Python job to build it)."""
+    columns = ("path", "split", "label", "reason", "identity")
+    return spark.createDataFrame(pd.DataFrame({c: [getattr(f, c) for f in listed] for c in columns}), LISTING_SCHEMA)
 
-    The bytes are read by Spark itself (its `binaryFile` source, in the JVM) where it can read the
-    root (local folders; s3:// on EMR); a file it does not return (an empty file, a dangling
-    link), or every file where Spark cannot read the root (s3:// with pyspark from PyPI), is read
-    by the Python workers through boto3 or the OS, which say why when they cannot. Only the
-    driver's listing decides which files there are: none is dropped.
 
-    Each file gets its content's sha256 (`fingerprint`); a file whose path and fingerprint are in
-    `known` ({path: (fingerprint, reason, stage)}, from the previous version) keeps that verdict
-    without being decoded again (`checked` is False).
+def raw_images_frame(spark, listing, rows: int, root: str, storage, rows_per_partition: int, read_root: bool):
+    """Listed files (`listing_frame`, `rows` of them) -> a DataFrame of each file's bytes and,
+    for a file that is not a usable image, why (stage `listing`, `read` or `decode`).
+
+    With `read_root` (every file of the root is to be read: a first run), the bytes are read by
+    Spark itself (its `binaryFile` source, in the JVM) where it can read the root (local folders;
+    s3:// on EMR). A file it does not return (an empty file, a dangling link), every file where
+    Spark cannot read the root (s3:// with pyspark from PyPI), and every file of an incremental
+    run (a few new ones: Spark would list and read the whole root to find them) is read by the
+    Python workers through boto3 or the OS, which say why when they cannot. Only the driver's
+    listing decides which files there are: none is dropped.
+
+    Each file gets its content's sha256 (`fingerprint`) and is decoded once to check it
+    (`checked`).
     """
     from pyspark.sql import functions as F
 
-    # From pandas (Arrow): a local relation in the JVM, no Python job to build it.
-    columns = {"path": [f.path for f in listed], "split": [f.split for f in listed], "label": [f.label for f in listed]}
-    listing = spark.createDataFrame(pd.DataFrame({**columns, "reason": [f.reason for f in listed]}), LISTING_SCHEMA)
-    contents = _spark_read_bytes(spark, root)
+    contents = _spark_read_bytes(spark, root) if read_root else None
     if contents is not None:
         # Every listed file stays, with or without its bytes; a file Spark sees but the listing
         # does not (added since) is left out.
         frame = listing.join(contents, "path", "left")
     else:
-        frame = listing.repartition(partitions_for(len(listed), spark, rows_per_partition))
+        frame = listing.repartition(partitions_for(rows, spark, rows_per_partition))
         frame = frame.withColumn("content", F.lit(None).cast("binary"))
-    columns = frame.select("path", "split", "label", "reason", "content")
-    return columns.mapInPandas(_checked_with(storage, spark.sparkContext.broadcast(known or {})), RAW_SCHEMA)
+    columns = frame.select("path", "split", "label", "reason", "identity", "content")
+    return columns.mapInPandas(_checked_with(storage), RAW_SCHEMA)
 
 
 def _spark_read_bytes(spark, root: str):
@@ -116,11 +125,10 @@ def _spark_read_bytes(spark, root: str):
     return files.select(F.regexp_replace("path", "^file:", "").alias("path"), "content")
 
 
-def _checked_with(storage, known):
+def _checked_with(storage):
     def check(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         """Each listed file's rejection reason, if any: from the listing, unreadable, or not a
         usable image (decoded once here, so later stages only see images that decode)."""
-        verdicts = known.value
         for batch in batches:
             reasons, stages, sizes, fingerprints, checked, contents = [], [], [], [], [], []
             for path, reason, content in zip(batch["path"], batch["reason"], batch["content"], strict=True):
@@ -133,15 +141,11 @@ def _checked_with(storage, known):
                 if content is not None:
                     fingerprint = hashlib.sha256(content).hexdigest()
                 if reason is None:
-                    previous = verdicts.get(path)
-                    if previous is not None and previous[0] == fingerprint:
-                        reason, stage = previous[1], previous[2]  # the same bytes: the same verdict
-                    else:
-                        decoded = True
-                        try:
-                            open_image(content)
-                        except ImageRejected as rejected:
-                            reason, stage = str(rejected), "decode"
+                    decoded = True
+                    try:
+                        open_image(content)
+                    except ImageRejected as rejected:
+                        reason, stage = str(rejected), "decode"
                 reasons.append(reason)
                 stages.append(stage)
                 sizes.append(len(content) if content is not None else None)
@@ -150,7 +154,7 @@ def _checked_with(storage, known):
                 contents.append(content)
             yield batch.assign(
                 reason=reasons, stage=stages, size=sizes, fingerprint=fingerprints, checked=checked, content=contents
-            )
+            )[list(RAW_COLUMNS)]
 
     return check
 

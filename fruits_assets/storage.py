@@ -8,6 +8,7 @@ Spark's own reads and writes (Parquet) do not go through here: they use Spark's 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -96,14 +97,10 @@ class Storage:
                 raise
         return Path(uri).exists()
 
-    def list_files(self, root: str) -> Iterator[str]:
-        """Every file under `root`, recursively, hidden ones included, as full URIs/paths."""
-        for path, _version in self.list_versions(root):
-            yield path
-
     def list_versions(self, root: str) -> Iterator[tuple[str, str]]:
-        """Every file under `root` with a cheap version marker: size and ETag on S3, size and
-        modification time locally (what a watcher compares; content hashes are the pipeline's)."""
+        """Every file under `root`, recursively, hidden ones included, as full URIs/paths, with a
+        cheap version marker: size and ETag on S3, size and modification time locally (what a
+        watcher compares; `identity` says what the pipeline compares)."""
         if is_s3(root):
             bucket, prefix = split_s3(root)
             prefix = prefix.rstrip("/") + "/" if prefix else ""
@@ -121,6 +118,22 @@ class Storage:
                     yield path, f"{stat.st_size}:{stat.st_mtime_ns}"
                 except OSError:  # a dangling link: listed, quarantined by the pipeline
                     yield path, "unreadable"
+
+    def identity(self, uri: str, version: str, content: bool) -> str | None:
+        """What says whether a listed file changed since an earlier run: its size and ETag on S3
+        (from the listing); locally, its size and sha256 (the file is read here) when `content`
+        (an image), else its size and modification time. None when it cannot be read."""
+        if version == "unreadable":
+            return None
+        if is_s3(uri):
+            return f"etag:{version}"
+        if not content:
+            return f"stat:{version}"
+        try:
+            data = Path(uri).read_bytes()
+        except OSError:
+            return None
+        return f"sha256:{len(data)}:{hashlib.sha256(data).hexdigest()}"
 
     def root_exists(self, root: str) -> bool:
         if is_s3(root):

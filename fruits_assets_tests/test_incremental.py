@@ -55,6 +55,7 @@ def test_a_second_run_computes_only_what_changed_and_equals_a_run_from_scratch(s
     assert second.success
     raw, pre, feat = (metadata_of(second, a) for a in ("raw_images", "preprocessed_images", "image_features"))
     assert raw["decoded_to_check"] == 5 and raw["images"] == 50
+    assert (raw["computed"], raw["reused"], raw["removed"]) == (5, 45, 3)  # files read again: 5
     assert (pre["computed"], pre["reused"], pre["removed"]) == (5, 45, 3)  # removed: 2 changed + 1 deleted
     assert (feat["computed"], feat["reused"], feat["removed"]) == (5, 45, 3)
 
@@ -195,7 +196,7 @@ def test_unchanged_files_are_included_by_reference_not_written_again(spark, imag
     deleted.unlink()
     second = materialize(out, config)
     assert second.success
-    for asset in ("preprocessed_images", "image_features"):
+    for asset in ("raw_images", "preprocessed_images", "image_features"):
         meta = metadata_of(second, asset)
         own, inherited = version_files(out, asset)
         assert (meta["computed"], meta["reused"], meta["removed"]) == (2, 47, 1), (asset, meta)
@@ -211,13 +212,14 @@ def test_unchanged_files_are_included_by_reference_not_written_again(spark, imag
     image.write_bytes((images / "Test" / "Lime 1" / "0_100.jpg").read_bytes())
     third = materialize(out, config)
     assert third.success
-    assert metadata_of(third, "image_features")["computed"] == 1
+    assert metadata_of(third, "image_features")["computed"] == metadata_of(third, "raw_images")["computed"] == 1
     image.write_bytes(before)
     add_class(images, "Kiwi Gold 2", 1)
     fourth = materialize(out, config)
     assert fourth.success
     assert metadata_of(fourth, "image_features")["computed"] == 2
-    for asset in ("preprocessed_images", "image_features"):
+    assert metadata_of(fourth, "raw_images")["computed"] == 2, "the image whose bytes changed back is read again"
+    for asset in ("raw_images", "preprocessed_images", "image_features"):
         own, inherited = version_files(out, asset)
         assert all(f.exists() for f in own + inherited)
         frame = load(out, asset)
@@ -239,7 +241,7 @@ def test_a_version_that_would_mostly_read_excluded_rows_is_written_whole(spark, 
         path.unlink()
     second = materialize(out, config)
     assert second.success
-    for asset in ("preprocessed_images", "image_features"):
+    for asset in ("raw_images", "preprocessed_images", "image_features"):
         meta = metadata_of(second, asset)
         own, inherited = version_files(out, asset)
         assert (meta["computed"], meta["reused"], meta["removed"]) == (0, 32, 16), (asset, meta)
