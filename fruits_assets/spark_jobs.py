@@ -209,68 +209,68 @@ def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
     stage's input, `keys` what identifies an input (path and content hash), `columns` those of
     the stage's output (a stored file with other columns is copied, never inherited).
 
-    Only small columns are read to plan (Parquet reads the key columns alone), and only the
-    keys are broadcast: stored images or vectors are neither read nor shuffled. The rows of every
-    stored file are counted, also those the previous version already excluded, so that an
-    inherited file's exclusions carry over to the next version.
+    Planning reads small columns only (Parquet reads them alone), in three jobs without a
+    shuffle: each row's file and keys, of the stored version (as its readers see it), of every
+    row of its files (also those it already excluded, so that an inherited file's exclusions
+    carry over to the next version) and of the input. They are planned on the driver, as pandas
+    frames (the keys are what a broadcast join would collect there anyway). Stored images or
+    vectors are neither read nor shuffled. A row with a null key matches nothing (as in a join).
 
     The version compacts (writes every reused row again, inherits nothing) when the stored
     columns differ from the output's, when it would read from more than MAX_INHERITED_VERSIONS
     folders, or when more than MAX_EXCLUDED_SHARE of the inherited files' rows (or more than
     MAX_EXCLUDED_ROWS) are excluded.
     """
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     if stored is None:
         rows = current.count()
         return ReusePlan([], None, current, {"reused": 0, "computed": rows, "removed": 0}, scanned_rows=rows)
-    wanted = current.select(*keys).distinct().withColumn("_wanted", F.lit(True))
-    seen = (  # the rows a reader of the stored version sees, and whether the new one keeps them
-        stored.select(stored_file().alias("_file"), F.coalesce(valid, F.lit(False)).alias("_valid"), *keys)
-        .join(F.broadcast(wanted), keys, "left")
-        .select("_file", "path", (F.col("_valid") & F.col("_wanted").isNotNull()).alias("_kept"))
-    )
-    present = (  # every row of the stored files, the ones excluded before included
-        stored.sparkSession.read.schema(stored.schema)
-        .parquet(*[unquote(file) for file in stored.inputFiles()])  # URL-encoded URIs
-        .select(stored_file().alias("_file"), "path")
-    )
-    rows = present.join(seen, ["_file", "path"], "left").persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        per_file = (
-            rows.groupBy("_file")
-            .agg(
-                F.count(F.lit(1)).alias("rows"),
-                F.count("_kept").alias("seen"),
-                F.sum(F.col("_kept").cast("int")).alias("kept"),
-            )
-            .collect()
+    files = [unquote(file) for file in stored.inputFiles()]  # URL-encoded URIs
+    physical = (  # every row of the stored files
+        stored.sparkSession.read.schema(stored.schema).parquet(*files).select(stored_file().alias("_file"), "path")
+    ).toPandas()
+    seen = stored.select(  # the rows a reader of the stored version sees
+        stored_file().alias("_file"), F.coalesce(valid, F.lit(False)).alias("_valid"), *keys
+    ).toPandas()
+    inputs = current.select(F.input_file_name().alias("_uri"), stored_file().alias("_file"), *keys).toPandas()
+    wanted = inputs[keys][inputs[keys].notna().all(axis=1)].drop_duplicates()
+    seen = seen.merge(wanted.assign(_wanted=True), on=keys, how="left")
+    seen["_kept"] = seen["_valid"] & seen["_wanted"].notna() & seen[keys].notna().all(axis=1)
+    per_file = pd.DataFrame(
+        {
+            "rows": physical.groupby("_file").size(),
+            "seen": seen.groupby("_file").size(),
+            "kept": seen.groupby("_file")["_kept"].sum(),
+        }
+    ).fillna(0)
+    kept_files = per_file[per_file["kept"] > 0]
+    inherited = [file for file in kept_files.index if relative_to_asset(file) is not None]
+    reused, removed = int(per_file["kept"].sum()), int(per_file["seen"].sum() - per_file["kept"].sum())
+    dead = int((kept_files["rows"] - kept_files["kept"]).sum())
+    if (
+        set(stored.columns) != set(columns)
+        or len({file.split("/")[0] for file in inherited}) > MAX_INHERITED_VERSIONS
+        or dead > MAX_EXCLUDED_SHARE * kept_files["rows"].sum()
+        or dead > MAX_EXCLUDED_ROWS
+        or len(inherited) < len(kept_files)  # a file outside a version folder
+    ):
+        inherited = []  # compaction: every reused row is written again
+    excluded = []
+    if inherited and dead:  # the rows of inherited files that the new version does not keep
+        kept = seen[seen["_kept"]][["_file", "path"]].assign(_kept=True)
+        rows = physical[physical["_file"].isin(inherited)].merge(kept, on=["_file", "path"], how="left")
+        excluded = sorted(
+            [file, path] for file, path in rows[rows["_kept"].isna()][["_file", "path"]].itertuples(index=False)
         )
-        inherited = {r["_file"]: r for r in per_file if r["kept"] and relative_to_asset(r["_file"]) is not None}
-        reused = sum(r["kept"] or 0 for r in per_file)
-        dead = sum(r["rows"] - r["kept"] for r in inherited.values())
-        if (
-            set(stored.columns) != set(columns)
-            or len({file.split("/")[0] for file in inherited}) > MAX_INHERITED_VERSIONS
-            or dead > MAX_EXCLUDED_SHARE * sum(r["rows"] for r in inherited.values())
-            or dead > MAX_EXCLUDED_ROWS
-            or len(inherited) < sum(1 for r in per_file if r["kept"])  # a file outside a version folder
-        ):
-            inherited = {}  # compaction: every reused row is written again
-        excluded = []
-        if inherited and dead:
-            outdated = rows.where(F.col("_file").isin(list(inherited)) & ~F.coalesce("_kept", F.lit(False)))
-            excluded = sorted([r["_file"], r["path"]] for r in outdated.select("_file", "path").collect())
-    finally:
-        rows.unpersist()
     copied = None
     if not inherited and reused:
         copied = stored.where(valid).join(F.broadcast(current.select(*keys)), keys, "left_semi")
-    new, computed, scanned = _new_rows(current, stored.where(valid).select(*keys).distinct(), keys)
-    counts = {"reused": reused, "computed": computed, "removed": sum(r["seen"] for r in per_file) - reused}
+    stored_keys = seen[seen["_valid"]][keys].dropna().drop_duplicates()
+    new, computed, scanned = _new_rows(current, inputs, stored_keys, stored.where(valid).select(*keys).distinct(), keys)
+    counts = {"reused": reused, "computed": computed, "removed": removed}
     copied_rows = 0 if inherited else reused
-    copy_reads = 0 if inherited else sum(r["rows"] for r in per_file)  # the excluded rows too
+    copy_reads = 0 if inherited else int(per_file["rows"].sum())  # the excluded rows too
     return ReusePlan(sorted(inherited), copied, new, counts, copied_rows, excluded, scanned + copy_reads)
 
 
@@ -279,48 +279,41 @@ def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
 MAX_NEW_ROWS_PICKED_BY_FILE = 100_000
 
 
-def _new_rows(current, stored_keys, keys: list[str]):
-    """(the rows of `current` that no stored key matches, how many, how many rows the job that
-    computes them reads).
+def _new_rows(current, inputs: pd.DataFrame, stored_keys: pd.DataFrame, stored_frame, keys: list[str]):
+    """(the rows of `current` whose keys are not among the stored ones, how many, how many rows
+    the job that computes them reads). `inputs`: the input's (_uri, _file, keys) per row, and
+    `stored_keys` the stored (valid) keys, as pandas; `stored_frame` the same keys in Spark.
 
     An anti-join on `current` reads every row's every column: every image of the input, to keep
     the few new ones. When the input is stored Parquet and only some of its files hold new rows
     (an incremental run: its own new files), those files alone are read, and the new rows picked
     out of them by their (file, keys) as seen through `current` (so rows an input version
-    excludes stay excluded), collected: at most MAX_NEW_ROWS_PICKED_BY_FILE small rows. Planning
-    reads the key columns alone.
+    excludes stay excluded): a local table of at most MAX_NEW_ROWS_PICKED_BY_FILE small rows.
     """
     from pyspark.sql import functions as F
 
-    tagged = current.select(F.input_file_name().alias("_uri"), stored_file().alias("_file"), *keys)
-    fresh = tagged.join(F.broadcast(stored_keys), keys, "left_anti")
-    per_file = (
-        tagged.groupBy("_uri")
-        .count()
-        .join(fresh.groupBy("_uri").agg(F.count(F.lit(1)).alias("new")), "_uri", "left")
-        .collect()
-    )
-    computed = sum(r["new"] or 0 for r in per_file)
+    matched = inputs.merge(stored_keys.assign(_stored=True), on=keys, how="left")["_stored"].notna()
+    matched &= inputs[keys].notna().all(axis=1).to_numpy()  # a null key matches nothing
+    fresh = inputs[~matched.to_numpy()]
+    computed = len(fresh)
     if computed == 0:  # an empty local relation: the job that writes reads no input file
         return current.limit(0), 0, 0
-    holding = [r for r in per_file if r["new"]]
-    everything = current.join(F.broadcast(stored_keys), keys, "left_anti")
-    if computed > MAX_NEW_ROWS_PICKED_BY_FILE or len(holding) == len(per_file) or not all(r["_uri"] for r in per_file):
-        return everything, computed, sum(r["count"] for r in per_file)
+    rows_per_uri = inputs.groupby("_uri").size()
+    holding = sorted(set(fresh["_uri"]))
+    if computed > MAX_NEW_ROWS_PICKED_BY_FILE or len(holding) == len(rows_per_uri) or not all(rows_per_uri.index):
+        everything = current.join(F.broadcast(stored_frame), keys, "left_anti")
+        return everything, computed, len(inputs)
     spark = current.sparkSession
-    files = [unquote(r["_uri"]) for r in holding]  # Spark names files as URL-encoded URIs
-    wanted = spark.createDataFrame(  # a small local table: the job reads no other input file
-        [tuple(r) for r in fresh.select("_file", *keys).collect()],
-        fresh.select("_file", *keys).schema,
-    )
+    schema = current.select(stored_file().alias("_file"), *keys).schema
+    wanted = spark.createDataFrame(fresh[["_file", *keys]], schema)  # a local table: no other file read
     picked = (
         spark.read.schema(current.schema)
-        .parquet(*files)
+        .parquet(*[unquote(uri) for uri in holding])  # Spark names files as URL-encoded URIs
         .withColumn("_file", stored_file())
         .join(F.broadcast(wanted), ["_file", *keys], "left_semi")
         .drop("_file")
     )
-    return picked, computed, sum(r["count"] for r in holding)
+    return picked, computed, int(rows_per_uri[holding].sum())
 
 
 # -- preprocessed_images ------------------------------------------------------------------------

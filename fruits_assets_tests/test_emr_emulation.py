@@ -186,6 +186,9 @@ def test_whole_graph_on_the_emulated_cluster(
     run_on_cluster("cluster-2")
     metadata = latest_run_metadata(tmp_path / "dagster_home")
     usable = listed - 1
+    # raw_images reads only the 2 objects whose size and ETag are new (the broken image is reused).
+    raw = {k: metadata["raw_images"][k] for k in ("computed", "reused", "removed")}
+    assert raw == {"computed": 2, "reused": listed - 2, "removed": 2}, raw
     for asset in ("preprocessed_images", "image_features"):
         counts = {k: metadata[asset][k] for k in ("computed", "reused", "removed")}
         assert counts == {"computed": 2, "reused": usable - 2, "removed": 2}, (asset, counts)
