@@ -99,14 +99,18 @@ def test_features_are_meaningful_on_real_photos(spark, shared_weights, shared_sa
 
 def test_rematerializing_replaces_the_previous_output(spark, sample_root, tmp_path):
     """Each materialization is a new version; the current one and the one before it are kept (a
-    reader outside any run may still be reading it), older ones are deleted."""
+    reader outside any run may still be reading it), older ones are deleted. (Each run lists
+    another copy of the images, so that no version includes files of an earlier one: a folder
+    whose files a kept version includes is kept, see test_incremental.)"""
+    import shutil
 
     def versions():
         return sorted(p.name for p in (tmp_path / "raw_images").glob("v-*"))
 
     made = []
     for limit in (1, 2, 3):
-        assert materialize(tmp_path, run_config(sample_root, limit_per_class=limit), selection=["raw_images"]).success
+        root = shutil.copytree(sample_root, tmp_path / f"images-{limit}")
+        assert materialize(tmp_path, run_config(root, limit_per_class=limit), selection=["raw_images"]).success
         made.append((set(versions()) - {v for v in made}).pop())
     assert versions() == sorted(made[1:]), "the oldest version is deleted"
     assert io_manager(tmp_path).current(dg.AssetKey("raw_images"))["version"] == made[-1]
