@@ -125,3 +125,53 @@ def test_a_fatal_configuration_error_is_the_headline_not_a_stack_trace(spark, tm
     assert error.message.startswith("dagster._core.definitions.events.Failure: No image file found")
     assert "Py4J" not in error.message and "java" not in error.message.lower()
     assert failure.step_failure_data.user_failure_data.description.startswith("No image file found")
+
+
+def test_a_second_run_reuses_verdicts_and_tries_unreadable_files_again(spark, tmp_path):
+    """Two runs over one output folder. Between them, the unreadable file becomes readable and a
+    file rejected for its name changes. The second run reads again only those two: the other
+    rejections (for a name, for a content) and the good images are reused with their verdicts,
+    the once-unreadable file becomes an image, and the counts reconcile in both runs."""
+    kept = [
+        "Training/Apple Red 1/good.jpg",
+        "Test/Apple Red 1/ok.jpg",
+        "Training/Apple Red 1/notes.jpg",  # rejected when decoded
+        "Training/Apple Red 1/readme.txt",  # rejected for its name; changes between the runs
+        "Training/Apple Red 1/.DS_Store",  # rejected for its name
+        "Training/stray.jpg",  # rejected for its place
+    ]
+    root = tmp_path / "images"
+    for rel in kept:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(CASES[rel][0])
+    target = tmp_path / "elsewhere" / "photo.jpg"  # outside the root: never listed itself
+    (root / UNREADABLE).symlink_to(target)
+    out = tmp_path / "out"
+    selection = dg.AssetSelection.assets("raw_images", "preprocessed_images", "rejected_images")
+    selection = selection | selection.checks_for_assets()
+
+    def run():
+        result = materialize(out, run_config(root, image_size=96), selection=selection)
+        passed, _, counts = check_results(result)["counts_reconcile"]
+        assert passed
+        rejected = {Path(r.path).relative_to(root).as_posix(): r.stage for r in load(out, "rejected_images").collect()}
+        images = {Path(r.path).relative_to(root).as_posix() for r in load(out, "preprocessed_images").collect()}
+        return result, {k: counts[k] for k in ("listed", "preprocessed", "rejected")}, rejected, images
+
+    first, counts, rejected, images = run()
+    assert counts == {"listed": 7, "preprocessed": 2, "rejected": 5}
+    assert rejected[UNREADABLE] == "read" and images == set(kept[:2])
+
+    target.parent.mkdir()
+    target.write_bytes(jpeg(colour=(10, 120, 10)))
+    (root / kept[3]).write_bytes(b"hello again, longer")
+    second, counts, rejected, images = run()
+    raw = metadata_of(second, "raw_images")
+    # `removed`: rows of the previous version that are not kept (here the two files' old rows).
+    assert {k: raw[k] for k in ("computed", "reused", "removed")} == {"computed": 2, "reused": 5, "removed": 2}
+    assert raw["unreadable"] == 0 and raw["decoded_to_check"] == 1 and raw["rejected_at_listing"] == 3
+    assert counts == {"listed": 7, "preprocessed": 3, "rejected": 4}
+    assert images == {*kept[:2], UNREADABLE}
+    assert rejected == {kept[2]: "decode", kept[3]: "listing", kept[4]: "listing", kept[5]: "listing"}
+    pre = metadata_of(second, "preprocessed_images")
+    assert {k: pre[k] for k in ("computed", "reused")} == {"computed": 1, "reused": 2}

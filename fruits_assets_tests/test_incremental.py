@@ -291,3 +291,49 @@ def test_new_rows_are_read_from_the_files_that_hold_them_alone(spark, tmp_path):
     assert [r.path for r in plan.new.collect()] == ["p9"]
     assert [Path(f).name for f in plan.new.inputFiles()] == [Path(f).name for f in new_files]
     assert plan.scanned_rows == 1
+
+
+def test_a_file_that_could_not_be_read_is_read_again_even_with_the_same_identity(spark, tmp_path):
+    """An S3 object whose read failed (a transient error, a permission fixed since) keeps its size
+    and ETag, so its identity is unchanged: its stored `read` rejection is not reused, the next
+    run reads it again. Verdicts on content (decode) and name (listing) are reused."""
+    from pyspark.sql import functions as F
+
+    from fruits_assets.spark_jobs import LISTING_SCHEMA, RAW_REUSABLE, RAW_SCHEMA, reuse_plan
+
+    rows = [  # path, split, label, reason, stage, size, fingerprint, checked, identity, content
+        ("s3://b/Training/A/ok.jpg", "Training", "A", None, None, 3, "f1", True, "etag:3:e1", b"abc"),
+        ("s3://b/Training/A/bad.jpg", "Training", "A", "cannot decode", "decode", 3, "f2", True, "etag:3:e2", b"xyz"),
+        (
+            "s3://b/Training/A/a.txt",
+            "Training",
+            "A",
+            "not an image file name",
+            "listing",
+            1,
+            None,
+            False,
+            "etag:1:e3",
+            None,
+        ),
+        (
+            "s3://b/Training/A/gone.jpg",
+            "Training",
+            "A",
+            "unreadable file: OSError",
+            "read",
+            5,
+            None,
+            False,
+            "etag:5:e4",
+            None,
+        ),
+    ]
+    spark.createDataFrame(rows, RAW_SCHEMA).coalesce(1).write.parquet(str(tmp_path / "raw" / "v-1"))
+    stored = spark.read.parquet(str(tmp_path / "raw" / "v-1"))
+    listing = spark.createDataFrame(
+        [(r[0], r[1], r[2], r[3] if r[4] == "listing" else None, r[8]) for r in rows], LISTING_SCHEMA
+    )
+    plan = reuse_plan(stored, F.expr(RAW_REUSABLE), listing, ["path", "identity"], tuple(stored.columns))
+    assert plan.counts == {"reused": 3, "computed": 1, "removed": 1}
+    assert [r.path for r in plan.new.collect()] == ["s3://b/Training/A/gone.jpg"]
