@@ -62,11 +62,44 @@ class Place:
     def save_spark(self, model, name: str) -> None:
         with spark_filesystem_errors(self.uri):
             model.write().overwrite().save(self.path(name))
+        _saved_spark_models.remember(self.path(name), model)
 
     def load_spark(self, model_class, name: str):
         self.spark()  # Spark ML's loaders need an active session
+        saved = _saved_spark_models.get(self.path(name))
+        if saved is not None:
+            return saved
         with config_errors_fail_once(), spark_filesystem_errors(self.uri):
             return model_class.load(self.path(name))
+
+
+class _SavedSparkModels:
+    """The Spark models this process saved last, by stored path: a step that reads a model an
+    earlier step of the same run saved (pca_features_csv, after pca_model, in-process) skips
+    Spark ML's loader (~2.5 s: a dozen small Spark jobs). Safe because a version's folder is
+    written once and never changed; kept only while the Spark context that holds them runs."""
+
+    KEEP = 4
+
+    def __init__(self):
+        self._models: dict[str, tuple] = {}
+
+    def remember(self, path: str, model) -> None:
+        from pyspark import SparkContext
+
+        self._models.pop(path, None)
+        self._models[path] = (model, SparkContext._active_spark_context)
+        while len(self._models) > self.KEEP:
+            self._models.pop(next(iter(self._models)))
+
+    def get(self, path: str):
+        from pyspark import SparkContext
+
+        model, context = self._models.get(path, (None, None))
+        return model if model is not None and context is SparkContext._active_spark_context else None
+
+
+_saved_spark_models = _SavedSparkModels()
 
 
 class FruitsIOManager(dg.ConfigurableIOManager):
