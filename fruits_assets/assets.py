@@ -5,6 +5,7 @@ raw_images -> preprocessed_images -> image_features -> pca_model -> pca_features
 """
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 import numpy as np
@@ -108,73 +109,81 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     settings = settings_of(context)
     storage = context.resources.settings.storage()
     root = images_root(settings.images_root, settings.assets_uri(), storage)
-    listed, skipped = list_images(storage, root, settings.limit_per_class, config.splits)
-    images = [f for f in listed if f.reason is None]
-    if not images:
-        raise FruitsConfigError(
-            f"No image file found under {root!r} in the layout <split>/<Class Name>/<file>.jpg "
-            f"({len(listed)} other files found)."
-        )
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
+    with ThreadPoolExecutor(2, thread_name_prefix="raw_images") as background:
+        # The JVM starts (~5 s) while the driver lists and hashes the files.
+        starting = background.submit(lambda: context.resources.pyspark.spark_session)
+        listed, skipped = list_images(storage, root, settings.limit_per_class, config.splits)
+        images = [f for f in listed if f.reason is None]
+        if not images:
+            raise FruitsConfigError(
+                f"No image file found under {root!r} in the layout <split>/<Class Name>/<file>.jpg "
+                f"({len(listed)} other files found)."
+            )
+        # Drawn while Spark's jobs run (the driver only waits for them).
+        thumbnails = background.submit(class_thumbnails, images, storage)
+        starting.result()
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
 
-    spark = spark_for(context, "raw_images")
-    listing = listing_frame(spark, listed)
-    # Incremental: a file whose path and identity (size and content hash; S3: size and ETag) are
-    # unchanged keeps its row, bytes and verdict; only new or changed files are read and checked.
-    previous = previous_version(context, "raw_images", "identity")
-    keys = ["path", "identity"]
-    plan = reuse_plan(previous, F.expr(RAW_REUSABLE), listing, keys, RAW_COLUMNS)
-    counts = plan.counts
-    # Cached (the files' bytes, not images): the counts below and the IO manager's write read
-    # each file once, not twice.
-    frame = raw_images_frame(
-        spark, plan.new, counts["computed"], root, storage, settings.rows_per_partition, counts["reused"] == 0
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    stats = F.count(F.lit(1)).alias("files"), F.sum("size").alias("bytes")
-    rows = frame.groupBy("stage", "checked").agg(*stats).collect()
-    if counts["reused"]:  # the reused rows' verdicts (small columns of the stored version)
-        reused = previous.where(RAW_REUSABLE).join(F.broadcast(listing.select(*keys)), keys, "left_semi")
-        rows += [
-            {"stage": r["stage"], "checked": False, "files": r["files"], "bytes": r["bytes"]}
-            for r in reused.groupBy("stage").agg(*stats).collect()
-        ]
-    by_stage: dict = {}
-    for row in rows:
-        by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + row["files"]
-    counts_by_class: dict[tuple, int] = {}
-    for f in images:
-        counts_by_class[(f.split, f.label)] = counts_by_class.get((f.split, f.label), 0) + 1
-    splits = sorted({s for s, _ in counts_by_class})
-    labels = sorted({label for _, label in counts_by_class})
-    table = [[label, *[counts_by_class.get((s, label), 0) for s in splits]] for label in labels]
-    table.append(["**total**", *[sum(c for (s, _), c in counts_by_class.items() if s == split) for split in splits]])
-    usable = by_stage.get(None, 0)
-    decoded = sum(r["files"] for r in rows if r["checked"])
-    seconds = round(time.perf_counter() - started, 2)
-    context.log.info(f"raw_images: {len(listed)} files under {root} ({usable} usable images) in {seconds}s")
-    yield dg.Output(
-        plan.output(frame),
-        metadata={
-            "images_root": root,
-            "rows": len(listed),
-            **counts,
-            "reused_by_reference": counts["reused"] - plan.copied_rows,
-            "images": usable,
-            "rejected_at_listing": len(listed) - len(images),
-            "unreadable": by_stage.get("read", 0),
-            "undecodable": by_stage.get("decode", 0),
-            "decoded_to_check": decoded,
-            "checks_reused": sum(r["files"] for r in rows if not r["checked"] and r["stage"] in (None, "decode")),
-            "skipped_by_limit": skipped,
-            "total_bytes": sum(r["bytes"] or 0 for r in rows),
-            "classes": len(labels),
-            "images_per_class": dg.MetadataValue.md(markdown_table(["class", *splits], table)),
-            "thumbnails": dg.MetadataValue.md(markdown_image(class_thumbnails(images, storage), "one image per class")),
-            "compute_seconds": seconds,
-        },
-    )
-    frame.unpersist()
+        spark = spark_for(context, "raw_images")
+        listing = listing_frame(spark, listed)
+        # Incremental: a file whose path and identity (size and content hash; S3: size and ETag) are
+        # unchanged keeps its row, bytes and verdict; only new or changed files are read and checked.
+        previous = previous_version(context, "raw_images", "identity")
+        keys = ["path", "identity"]
+        plan = reuse_plan(previous, F.expr(RAW_REUSABLE), listing, keys, RAW_COLUMNS)
+        counts = plan.counts
+        # Cached (the files' bytes, not images): the counts below and the IO manager's write read
+        # each file once, not twice.
+        frame = raw_images_frame(
+            spark, plan.new, counts["computed"], root, storage, settings.rows_per_partition, counts["reused"] == 0
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        stats = F.count(F.lit(1)).alias("files"), F.sum("size").alias("bytes")
+        rows = frame.groupBy("stage", "checked").agg(*stats).collect()
+        if counts["reused"]:  # the reused rows' verdicts (small columns of the stored version)
+            reused = previous.where(RAW_REUSABLE).join(F.broadcast(listing.select(*keys)), keys, "left_semi")
+            rows += [
+                {"stage": r["stage"], "checked": False, "files": r["files"], "bytes": r["bytes"]}
+                for r in reused.groupBy("stage").agg(*stats).collect()
+            ]
+        by_stage: dict = {}
+        for row in rows:
+            by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + row["files"]
+        counts_by_class: dict[tuple, int] = {}
+        for f in images:
+            counts_by_class[(f.split, f.label)] = counts_by_class.get((f.split, f.label), 0) + 1
+        splits = sorted({s for s, _ in counts_by_class})
+        labels = sorted({label for _, label in counts_by_class})
+        table = [[label, *[counts_by_class.get((s, label), 0) for s in splits]] for label in labels]
+        table.append(
+            ["**total**", *[sum(c for (s, _), c in counts_by_class.items() if s == split) for split in splits]]
+        )
+        usable = by_stage.get(None, 0)
+        decoded = sum(r["files"] for r in rows if r["checked"])
+        seconds = round(time.perf_counter() - started, 2)
+        context.log.info(f"raw_images: {len(listed)} files under {root} ({usable} usable images) in {seconds}s")
+        yield dg.Output(
+            plan.output(frame),
+            metadata={
+                "images_root": root,
+                "rows": len(listed),
+                **counts,
+                "reused_by_reference": counts["reused"] - plan.copied_rows,
+                "images": usable,
+                "rejected_at_listing": len(listed) - len(images),
+                "unreadable": by_stage.get("read", 0),
+                "undecodable": by_stage.get("decode", 0),
+                "decoded_to_check": decoded,
+                "checks_reused": sum(r["files"] for r in rows if not r["checked"] and r["stage"] in (None, "decode")),
+                "skipped_by_limit": skipped,
+                "total_bytes": sum(r["bytes"] or 0 for r in rows),
+                "classes": len(labels),
+                "images_per_class": dg.MetadataValue.md(markdown_table(["class", *splits], table)),
+                "thumbnails": dg.MetadataValue.md(markdown_image(thumbnails.result(), "one image per class")),
+                "compute_seconds": seconds,
+            },
+        )
+        frame.unpersist()
 
 
 # -- preprocessed_images, rejected_images ---------------------------------------------------------
