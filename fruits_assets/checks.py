@@ -77,6 +77,23 @@ def counts_reconcile(context, preprocessed_images, raw_images) -> dg.AssetCheckR
     )
 
 
+def bad_vector():
+    """A Column, true for a `features` array that is not FEATURE_DIM finite numbers: missing,
+    short, with a null, NaN or infinite value. Built from array_max / array_min (compiled, where
+    a lambda over each element is interpreted: 1.6 vs ~1 s at 6,300 vectors): Spark orders NaN
+    above every number, so the max is NaN when any value is."""
+    from pyspark.sql import functions as F
+
+    largest, smallest = F.array_max("features"), F.array_min("features")
+    return F.coalesce(
+        (F.size(F.array_compact("features")) != FEATURE_DIM)
+        | F.isnan(largest)
+        | (largest == float("inf"))
+        | (smallest == float("-inf")),
+        F.lit(True),
+    )
+
+
 @blocking_check(
     image_features,
     "vectors_complete_and_finite",
@@ -86,10 +103,7 @@ def counts_reconcile(context, preprocessed_images, raw_images) -> dg.AssetCheckR
 def vectors_complete_and_finite(context, image_features, preprocessed_images) -> dg.AssetCheckResult:
     from pyspark.sql import functions as F
 
-    bad_vector = (F.size("features") != FEATURE_DIM) | F.exists(
-        "features", lambda x: F.isnan(x) | (F.abs(x) == float("inf"))
-    )
-    counts = image_features.agg(F.count(F.lit(1)).alias("rows"), F.sum(bad_vector.cast("int")).alias("bad")).first()
+    counts = image_features.agg(F.count(F.lit(1)).alias("rows"), F.sum(bad_vector().cast("int")).alias("bad")).first()
     rows, bad = counts["rows"], counts["bad"] or 0
     images = preprocessed_images.count()
     return audit(

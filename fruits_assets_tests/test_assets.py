@@ -111,3 +111,25 @@ def test_bad_settings_fail_with_one_clear_message(context, stages, tmp_path):
             pca_model(bad, PcaConfig(), stages["features_frame"])
     with pytest.raises(dg.Failure, match="No valid image in the 'Training' split"):
         pca_model(context, PcaConfig(), stages["features_frame"].where("split = 'Test'"))
+
+
+def test_a_vector_that_is_not_1280_finite_numbers_is_bad(spark):
+    """The vectors check's test of one vector: missing, short, a null, NaN or an infinity."""
+    from fruits_assets.checks import bad_vector
+
+    good = [0.5] * FEATURE_DIM
+    cases = {
+        "good": (good, False),
+        "negative and zero": ([-3.0, 0.0] * (FEATURE_DIM // 2), False),
+        "nan": ([float("nan"), *good[1:]], True),
+        "nan last": ([*good[1:], float("nan")], True),
+        "inf": ([*good[1:], float("inf")], True),
+        "-inf": ([float("-inf"), *good[1:]], True),
+        "a null": ([None, *good[1:]], True),
+        "short": (good[1:], True),
+        "empty": ([], True),
+        "missing": (None, True),
+    }
+    frame = spark.createDataFrame([(name, v) for name, (v, _) in cases.items()], "name string, features array<float>")
+    got = {r["name"]: r["bad"] for r in frame.select("name", bad_vector().alias("bad")).collect()}
+    assert got == {name: bad for name, (_, bad) in cases.items()}
