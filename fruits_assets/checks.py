@@ -79,9 +79,9 @@ def counts_reconcile(context, preprocessed_images, raw_images) -> dg.AssetCheckR
 
 def bad_vector():
     """A Column, true for a `features` array that is not FEATURE_DIM finite numbers: missing,
-    short, with a null, NaN or infinite value. Built from array_max / array_min (compiled, where
-    a lambda over each element is interpreted: 1.6 vs ~1 s at 6,300 vectors): Spark orders NaN
-    above every number, so the max is NaN when any value is."""
+    short, with a null, NaN or infinite value (Spark orders NaN above every number, so the max
+    is NaN when any value is). A null value is bad too: `exists` over the values, used before,
+    gave null for it, which the check's sum did not count."""
     from pyspark.sql import functions as F
 
     largest, smallest = F.array_max("features"), F.array_min("features")
