@@ -50,26 +50,22 @@ ORDER = ("split", "label", "path")
 
 
 def write_csv(projected, k: int, local_file: str) -> int:
-    """Stream the projected rows, ordered by split, label and path, into one CSV, a partition at
-    a time; return the row count.
+    """Stream the projected rows, ordered by split, label and path, into one CSV; return the row
+    count. Nothing is collected whole: the rows come to the driver as one stream.
 
-    The projection is cached while it is sorted: a global sort reads its input twice (a sample
-    of the keys for the ranges, then the rows), which computed the projection twice (~3 s of
-    the step at 6,300 images of 224 px, measured from Spark's event log).
+    They are sorted in one partition (Spark's external sort, which spills to disk when it must),
+    not by a global sort: a global sort first samples its input for the ranges, which computes
+    the projection twice (or caches it), and its ordered partitions would come to the driver
+    one after another anyway, as this single stream does. Measured at 6,600 images of 224 px,
+    the same Spark session, warm: 2.3-2.5 s vs 3.0-3.4 s for the cached global sort, same file.
     """
-    from pyspark import StorageLevel
-
     rows = 0
-    cached = projected.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        with open(local_file, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "label", "split", *[f"pc_{i}" for i in range(1, k + 1)]])
-            for row in cached.orderBy(*ORDER).toLocalIterator():
-                writer.writerow([row.path, row.label, row.split, *(format(v, ".9g") for v in row.pcs)])
-                rows += 1
-    finally:
-        cached.unpersist()
+    with open(local_file, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split", *[f"pc_{i}" for i in range(1, k + 1)]])
+        for row in projected.repartition(1).sortWithinPartitions(*ORDER).toLocalIterator():
+            writer.writerow([row.path, row.label, row.split, *(format(v, ".9g") for v in row.pcs)])
+            rows += 1
     return rows
 
 

@@ -133,3 +133,24 @@ def test_a_vector_that_is_not_1280_finite_numbers_is_bad(spark):
     frame = spark.createDataFrame([(name, v) for name, (v, _) in cases.items()], "name string, features array<float>")
     got = {r["name"]: r["bad"] for r in frame.select("name", bad_vector().alias("bad")).collect()}
     assert got == {name: bad for name, (_, bad) in cases.items()}
+
+
+def test_the_csv_is_one_stream_ordered_by_split_label_and_path(spark, tmp_path):
+    import random
+
+    import pandas as pd
+
+    from fruits_assets.csv_table import write_csv
+
+    rows = [
+        (f"/r/{s}/{c}/{i}.jpg", c, s, [float(i), -0.5]) for s in ("Test", "Training") for c in "BA" for i in range(30)
+    ]
+    random.Random(3).shuffle(rows)
+    frame = spark.createDataFrame(rows, "path string, label string, split string, pcs array<double>").repartition(5)
+    assert write_csv(frame, 2, str(tmp_path / "t.csv")) == len(rows)
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert list(table.columns) == ["path", "label", "split", "pc_1", "pc_2"]
+    expected = sorted(rows, key=lambda r: (r[2], r[1], r[0]))
+    assert list(zip(table.split, table.label, table.path, table.pc_1, strict=True)) == [
+        (s, c, p, v[0]) for p, c, s, v in expected
+    ]
