@@ -131,7 +131,7 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
         # unchanged keeps its row, bytes and verdict; only new or changed files are read and checked.
         previous = previous_version(context, "raw_images", "identity")
         keys = ["path", "identity"]
-        plan = reuse_plan(previous, F.expr(RAW_REUSABLE), listing, keys, RAW_COLUMNS)
+        plan = reuse_plan(previous, F.expr(RAW_REUSABLE), listing, keys, RAW_COLUMNS, carried=("stage", "size"))
         counts = plan.counts
         # Cached (the files' bytes, not images): the counts below and the IO manager's write read
         # each file once, not twice.
@@ -140,12 +140,16 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
         ).persist(StorageLevel.MEMORY_AND_DISK)
         stats = F.count(F.lit(1)).alias("files"), F.sum("size").alias("bytes")
         rows = frame.groupBy("stage", "checked").agg(*stats).collect()
-        if counts["reused"]:  # the reused rows' verdicts (small columns of the stored version)
-            reused = previous.where(RAW_REUSABLE).join(F.broadcast(listing.select(*keys)), keys, "left_semi")
-            rows += [
-                {"stage": r["stage"], "checked": False, "files": r["files"], "bytes": r["bytes"]}
-                for r in reused.groupBy("stage").agg(*stats).collect()
-            ]
+        if plan.kept is not None:  # the reused rows' verdicts, from the planning
+            for stage, group in plan.kept.groupby(plan.kept["stage"].fillna(""), sort=False):
+                rows.append(
+                    {
+                        "stage": stage or None,
+                        "checked": False,
+                        "files": len(group),
+                        "bytes": int(group["size"].fillna(0).sum()),
+                    }
+                )
         by_stage: dict = {}
         for row in rows:
             by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + row["files"]

@@ -182,7 +182,8 @@ class ReusePlan:
       deleted or otherwise outdated image), as (`<version>/<file>`, path) pairs;
     - `copied`: when the version compacts (see `reuse_plan`), every still-valid stored row,
       written again into the new version; else None;
-    - `new`: the rows of the current input that no stored row matches: to compute.
+    - `new`: the rows of the current input that no stored row matches: to compute;
+    - `kept`: the reused rows' keys and `carried` columns (pandas, from the planning itself).
     """
 
     inherited: list[str]
@@ -192,6 +193,7 @@ class ReusePlan:
     copied_rows: int = 0
     excluded: list = field(default_factory=list)
     scanned_rows: int = 0  # rows the job that writes the new version reads (new + copied)
+    kept: pd.DataFrame | None = None
 
     def output(self, computed):
         """The new version: the computed rows, the copied rows, and the inherited files (a plain
@@ -203,11 +205,12 @@ class ReusePlan:
         return Inheriting(frame, self.inherited, self.copied_rows + self.counts["computed"], self.excluded)
 
 
-def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
+def reuse_plan(stored, valid, current, keys: list[str], columns, carried: tuple = ()) -> ReusePlan:
     """Plan an incremental stage: `stored` is the previous version (or None), `valid` a Column
     that is true for stored rows made with the same settings (image size, model), `current` the
     stage's input, `keys` what identifies an input (path and content hash), `columns` those of
-    the stage's output (a stored file with other columns is copied, never inherited).
+    the stage's output (a stored file with other columns is copied, never inherited), `carried`
+    small stored columns the caller wants for the reused rows (`ReusePlan.kept`).
 
     Planning reads small columns only (Parquet reads them alone), in three jobs without a
     shuffle: each row's file and keys, of the stored version (as its readers see it), of every
@@ -231,7 +234,7 @@ def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
         stored.sparkSession.read.schema(stored.schema).parquet(*files).select(stored_file().alias("_file"), "path")
     ).toPandas()
     seen = stored.select(  # the rows a reader of the stored version sees
-        stored_file().alias("_file"), F.coalesce(valid, F.lit(False)).alias("_valid"), *keys
+        stored_file().alias("_file"), F.coalesce(valid, F.lit(False)).alias("_valid"), *keys, *carried
     ).toPandas()
     inputs = current.select(F.input_file_name().alias("_uri"), stored_file().alias("_file"), *keys).toPandas()
     wanted = inputs[keys][inputs[keys].notna().all(axis=1)].drop_duplicates()
@@ -271,7 +274,8 @@ def reuse_plan(stored, valid, current, keys: list[str], columns) -> ReusePlan:
     counts = {"reused": reused, "computed": computed, "removed": removed}
     copied_rows = 0 if inherited else reused
     copy_reads = 0 if inherited else int(per_file["rows"].sum())  # the excluded rows too
-    return ReusePlan(sorted(inherited), copied, new, counts, copied_rows, excluded, scanned + copy_reads)
+    kept_rows = seen[seen["_kept"]][[*keys, *carried]]
+    return ReusePlan(sorted(inherited), copied, new, counts, copied_rows, excluded, scanned + copy_reads, kept_rows)
 
 
 # New rows are read from the files that hold them alone when at most this many (their keys are
