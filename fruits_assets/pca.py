@@ -150,9 +150,10 @@ def fit_pca(train_vectors, dim: int, train_rows: int, variance_target: float, ma
     explained = np.asarray(pca.explainedVariance.toArray())
     k, _capped = choose_k(explained, variance_target, max_k)
     slicer = VectorSlicer(inputCol="pca_full", outputCol="pca_first_k", indices=list(range(k)))
-    signs = component_signs(np.asarray(pca.pc.toArray())[:, :k])
+    first_k = np.asarray(pca.pc.toArray())[:, :k]  # pc crosses from the JVM once (~0.3-0.7 s each time)
+    signs = component_signs(first_k)
     flip = ElementwiseProduct(inputCol="pca_first_k", outputCol="pca", scalingVec=Vectors.dense(signs))
-    components = np.asarray(pca.pc.toArray())[:, :k] * signs
+    components = first_k * signs
     return PcaModel(
         components=components,
         mean=np.asarray(scaler.mean.toArray()),
