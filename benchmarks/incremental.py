@@ -4,9 +4,10 @@ changed, against the first run, and whether its CSV equals a from-scratch run.
     python -m benchmarks.incremental --images 6000 --size 224
 
 1. `dagster asset materialize -m fruits_assets.definitions --select '*'` on N real photos (the
-   Fruits-360 photos of --source under other names, as in cli_vs_plain), fresh output and home.
+   Fruits-360 photos of --source and distinct variants of them, as in cli_vs_plain), fresh output
+   and home.
 2. One class of --added photos appears (a new folder) and --changed existing files get other
-   bytes (a file is replaced, never written through: the photos are hard links to ../shared).
+   bytes (a file is replaced, never written through: some photos are hard links to ../shared).
 3. The same command again on the same output folder: wall time, and from the run's materialization
    metadata how many images it decoded, preprocessed and featurized (new + changed expected).
 4. The same command on the final folder with a fresh output folder (from scratch): its CSV must
