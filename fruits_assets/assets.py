@@ -28,6 +28,7 @@ from fruits_assets.plots import (
 )
 from fruits_assets.quality import evaluate
 from fruits_assets.settings import FruitsSettings, validate_image_size
+from fruits_assets.spark import PARQUET_CODEC
 from fruits_assets.spark_jobs import (
     PREPROCESSED_COLUMNS,
     RAW_COLUMNS,
@@ -231,7 +232,7 @@ def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
             "reused_by_reference": counts["reused"] - plan.copied_rows,
             "image_size": size,
             "bytes_per_image": bytes_per_image,
-            "storage_note": f"uint8 RGB {size}x{size}x3 = {bytes_per_image:,} B/image, zstd-compressed "
+            "storage_note": f"uint8 RGB {size}x{size}x3 = {bytes_per_image:,} B/image, {PARQUET_CODEC}-compressed "
             f"Parquet (float32 would be {bytes_per_image * 4:,} B)",
             "rejected": rejected,
             "rejected_files": dg.MetadataValue.asset(dg.AssetKey("rejected_images")),

@@ -14,6 +14,13 @@ from pydantic import PrivateAttr
 
 from fruits_assets.settings import FruitsSettings
 
+# Parquet's codec for every stored asset. snappy, not zstd: on distinct photos (one Spark session,
+# 2 cores) zstd took 5.1-7.3 s to write 24,000 arrays of 96 px where snappy took 2.1-2.9 s, and
+# 5.4-7.2 s vs 2.3-4.9 s for 6,000 of 224 px; reading was no faster. zstd's files are 8-16%
+# smaller (493 vs 532 MB; 546 vs 636 MB). Photo arrays hardly compress (1.3-1.7x with either);
+# zstd was chosen on hard-linked copies of the same photos, which it compressed ~3x.
+PARQUET_CODEC = "snappy"
+
 
 def runtime_config(settings: FruitsSettings) -> dict:
     """Settings a running session can take (set again at each run: the session outlives runs)."""
@@ -26,9 +33,7 @@ def runtime_config(settings: FruitsSettings) -> dict:
         # Small files (photos of a few KB) are packed by size, not by a 4 MB cost each, so a
         # partition holds about as many files as rows_per_partition asks.
         "spark.sql.files.openCostInBytes": str(64 * 1024),
-        # zstd: the uint8 arrays of preprocessed_images take less room than with snappy, and
-        # less CPU to write (measured: 44 vs 49 KB and 0.3 vs 0.7 ms per 224 px image).
-        "spark.sql.parquet.compression.codec": "zstd",
+        "spark.sql.parquet.compression.codec": PARQUET_CODEC,
         # Rows per batch of Parquet's vectorized reader (default 4,096): at 150 KB per 224 px
         # image a default batch grows to ~600 MB of heap per task, and two tasks ran the 4 GB
         # driver out of heap at 24,000 images ("Cannot reserve additional contiguous bytes in the
