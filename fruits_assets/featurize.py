@@ -181,7 +181,9 @@ def to_litert(model, image_size: int) -> bytes:
     # variables, and a concrete function that keeps them as such converts to a 190 KB file that
     # runs and returns garbage. Frozen here, not through a SavedModel written to disk and read
     # back: the same flatbuffer ops and the same outputs (0.0 apart on 256 images at 96 and 224
-    # px), in 3.6 s instead of 12.2 s on these 2 cores.
+    # px), in 3.6 s instead of 12.2 s on these 2 cores. convert_variables_to_constants_v2 is
+    # TensorFlow's own freezing helper, outside tf.*: TensorFlow is pinned, and a moved helper
+    # fails test_featurize's conversions, not a run that passed them.
     frozen = convert_variables_to_constants_v2(features.get_concrete_function())
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no TensorFlow ops
