@@ -3,7 +3,7 @@ changed, against the first run, and whether its CSV equals a from-scratch run.
 
     python -m benchmarks.incremental --images 6000 --size 224
 
-1. `dagster asset materialize -m fruits_assets.definitions --select '*'` on N real photos (the
+1. `dagster asset materialize -m fruits_assets.definitions --select '*'` on N photos (the
    Fruits-360 photos of --source and distinct variants of them, as in cli_vs_plain), fresh output
    and home.
 2. One class of --added photos appears (a new folder) and --changed existing files get other

@@ -16,7 +16,7 @@ from fruits_assets.settings import FruitsSettings
 
 # Parquet's codec for every stored asset. snappy, not zstd: on distinct photos (one Spark session,
 # 2 cores) zstd took 5.1-7.3 s to write 24,000 arrays of 96 px where snappy took 2.1-2.9 s, and
-# 5.4-7.2 s vs 2.3-4.9 s for 6,000 of 224 px; reading was no faster. zstd's files are 8-16%
+# 5.4-7.2 s vs 2.3-4.9 s for 6,000 of 224 px; reading was no faster. zstd's files are 7-14%
 # smaller (493 vs 532 MB; 546 vs 636 MB). Photo arrays hardly compress (1.3-1.7x with either);
 # zstd was chosen on hard-linked copies of the same photos, which it compressed ~3x.
 PARQUET_CODEC = "snappy"
