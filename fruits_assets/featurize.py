@@ -26,6 +26,7 @@ import numpy as np
 from fruits_assets.constants import FEATURE_DIM
 from fruits_assets.errors import FruitsConfigError
 from fruits_assets.images import bytes_to_batch
+from fruits_assets.python_workers import on_worker
 
 RANDOM_SEED = 1360  # `random` weights are seeded: the same "features" on every run and worker
 # Changing what the LiteRT model computes changes this, so cached conversions and the features
@@ -294,6 +295,7 @@ def featurize_frame(spark, images, model: FeatureModel, threads: int, batch_size
     broadcast = spark.sparkContext.broadcast(model.flatbuffer)
     key, size = model.key, model.image_size
 
+    @on_worker
     def featurize(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         interpreter = worker_interpreter(key, lambda: broadcast.value, threads)
         for batch in batches:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from fruits_assets.images import ImageRejected, array_to_bytes, decode_image, open_image
 from fruits_assets.listing import ListedFile
+from fruits_assets.python_workers import on_worker
 from fruits_assets.stored_files import Inheriting, relative_to_asset, stored_file
 
 
@@ -126,6 +127,7 @@ def _spark_read_bytes(spark, root: str):
 
 
 def _checked_with(storage):
+    @on_worker
     def check(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         """Each listed file's rejection reason, if any: from the listing, unreadable, or not a
         usable image (decoded once here, so later stages only see images that decode)."""
@@ -329,6 +331,7 @@ PREPROCESSED_COLUMNS = ("path", "split", "label", "fingerprint", "image", "image
 def preprocess_frame(images, image_size: int):
     """Decode, convert to RGB and resize every image (rows `raw_images` found decodable)."""
 
+    @on_worker
     def decode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
             arrays = [array_to_bytes(decode_image(content, image_size)) for content in batch["content"]]
