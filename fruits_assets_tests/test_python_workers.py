@@ -52,7 +52,9 @@ def test_an_unchanged_archive_is_not_read_again_and_a_changed_one_is(tmp_path):
                            "values": [zipped_one.VALUE, zipped_two.VALUE]}}))
         """
     )
-    result = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    result = json.loads(
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    )
     assert result == {"installed": True, "unchanged": 0, "changed": 1, "values": [1, 2]}
 
 
