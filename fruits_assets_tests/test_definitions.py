@@ -107,6 +107,19 @@ def test_settings_come_from_the_environment_when_the_run_starts(monkeypatch):
         FruitsSettings().resolved()
 
 
+def test_rows_per_partition_follow_the_image_size_unless_set():
+    """Smaller images are less work per row, so their partitions hold more rows by default."""
+    assert FruitsSettings(image_size=224).resolve({}).rows_per_partition == 250
+    assert FruitsSettings(image_size=96).resolve({}).rows_per_partition == 1361
+    assert FruitsSettings().resolve({"FRUITS_IMAGE_SIZE": "160"}).rows_per_partition == 490
+    assert FruitsSettings(image_size=96, rows_per_partition=40).resolve({}).rows_per_partition == 40
+    assert (
+        FruitsSettings().resolve({"FRUITS_IMAGE_SIZE": "96", "FRUITS_ROWS_PER_PARTITION": "7"}).rows_per_partition == 7
+    )
+    with pytest.raises(FruitsConfigError, match="rows_per_partition must be at least 1"):
+        FruitsSettings(rows_per_partition=-1).resolve({})
+
+
 def test_unknown_deployment_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("FRUITS_DEPLOYMENT", "kubernetes")
     with pytest.raises(FruitsConfigError, match="FRUITS_DEPLOYMENT='kubernetes' is unknown"):

@@ -165,6 +165,9 @@ def test_reused_rows_stay_in_files_of_about_rows_per_partition(spark, images, tm
     out = tmp_path / "out"
     config = run_config(images, rows_per_partition=4)
     assert materialize(out, config).success
+    # raw_images' first run reads the files with Spark (a join, a shuffle of 8 partitions): its
+    # files are of rows_per_partition rows too, so the next stage gets a partition per file.
+    assert max(rows_per_file(out, "raw_images")) <= 4
     first = {asset: max(rows_per_file(out, asset)) for asset in ("preprocessed_images", "image_features")}
     add_class(images, "Kiwi Gold 1", 1)
     assert materialize(out, config).success
