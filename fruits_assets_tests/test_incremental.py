@@ -25,6 +25,17 @@ def csv_rows(out) -> pd.DataFrame:
     return pd.read_csv(out / "pca_features_csv" / "pca_features.csv").set_index("path").sort_index()
 
 
+def spark_jobs_of(spark, action) -> int:
+    """How many Spark jobs `action()` ran."""
+    group = f"probe-{id(action)}"
+    spark.sparkContext.setJobGroup(group, "probe")
+    try:
+        action()
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    return len(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
+
+
 def add_class(root, name: str, count: int, seed: int = 7) -> None:
     import random
 
@@ -58,6 +69,10 @@ def test_a_second_run_computes_only_what_changed_and_equals_a_run_from_scratch(s
     assert (raw["computed"], raw["reused"], raw["removed"]) == (5, 45, 3)  # files read again: 5
     assert (pre["computed"], pre["reused"], pre["removed"]) == (5, 45, 3)  # removed: 2 changed + 1 deleted
     assert (feat["computed"], feat["reused"], feat["removed"]) == (5, 45, 3)
+    # Each version keeps its schema: a reader (the next step, the next run) runs no Spark job.
+    for asset in ("raw_images", "preprocessed_images", "image_features"):
+        assert json.loads((out / asset / "_CURRENT.json").read_text())["schema"]["type"] == "struct"
+        assert spark_jobs_of(spark, lambda: load(out, asset)) == 0, asset  # noqa: B023 (called now)
 
     # The same CSV as a run from scratch on the final folder.
     scratch = materialize(tmp_path / "scratch", run_config(images))
@@ -272,6 +287,27 @@ def test_a_stored_version_reads_inherited_files_without_their_excluded_rows(spar
     a_file = next(f for f in old if spark.read.parquet(str(asset / f)).first().path == "a")
     frame = read_version(spark, str(asset / "v-2"), [str(asset / f) for f in old], [[a_file, "a"]])
     assert sorted((r.path, r.image) for r in frame.collect()) == [("a", b"A1 again"), ("b", b"B1")]
+
+
+def test_reading_a_version_of_many_files_runs_no_spark_job(spark, tmp_path):
+    """A read takes the schema from the version's manifest (no job to read a file's footer),
+    and the driver lists the files itself, also 32 or more of them (Spark's default lists
+    those in a job): an incremental run reads ~15 versions, and a job cost ~0.3 s here."""
+    asset = tmp_path / "stored" / "asset"
+    old = write_version(spark, asset, "v-1", [(f"p{i}", "f", b"x") for i in range(40)])
+    write_version(spark, asset, "v-2", [("q", "f", b"y")])
+    manifest = {
+        "format": "parquet",
+        "asset": "asset",
+        "location": str(asset / "v-2"),
+        "inherits": old,
+        "excludes": [],
+        "schema": spark.read.parquet(str(asset / "v-2")).schema.jsonValue(),
+    }
+    manager = io_manager(tmp_path / "stored")
+    frames = []
+    assert spark_jobs_of(spark, lambda: frames.append(manager.load_manifest(manifest))) == 0
+    assert frames[0].count() == 41
 
 
 def test_new_rows_are_read_from_the_files_that_hold_them_alone(spark, tmp_path):
