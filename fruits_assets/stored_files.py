@@ -51,9 +51,7 @@ def relative_to_asset(file_uri: str) -> str | None:
     return f"{parts[-2]}/{parts[-1]}"
 
 
-def read_version(
-    spark, own_uri: str, inherited_uris: list[str], excluded: list[list[str]], schema: dict | None = None
-):
+def read_version(spark, own_uri: str, inherited_uris: list[str], excluded: list[list[str]], schema: dict | None = None):
     """A stored version as one DataFrame: its own files, the inherited ones, without the
     excluded rows (a filter on file and path, evaluated as the files are scanned). With the
     `schema` it was written with (a StructType's JSON), Spark reads no footer to infer it."""
