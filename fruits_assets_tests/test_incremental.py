@@ -332,6 +332,30 @@ def test_new_rows_are_read_from_the_files_that_hold_them_alone(spark, tmp_path):
     assert plan.scanned_rows == 1
 
 
+def test_new_rows_of_a_listing_are_picked_without_reading_the_stored_version_again(spark, tmp_path):
+    """raw_images plans from its listing (a local relation, not files): its new rows are those
+    whose keys the planning found new, a row with a null key among them; the job that reads
+    them does not scan the stored version a second time (that anti-join cost 4 jobs, ~2 s)."""
+    from pyspark.sql import functions as F
+
+    from fruits_assets.spark_jobs import reuse_plan
+
+    stored = write_version(spark, tmp_path / "raw", "v-1", [(f"p{i}", "f", b"old") for i in range(4)])
+    stored_frame = spark.read.parquet(*[str(tmp_path / "raw" / f) for f in stored]).withColumn("ok", F.lit(True))
+    listing = spark.createDataFrame(
+        pd.DataFrame({"path": ["p0", "p1", "p2", "p9", "p8"], "fingerprint": ["f", "f", "changed", "f", None]}),
+        "path string, fingerprint string",
+    )
+    plan = reuse_plan(
+        stored_frame, F.col("ok"), listing, ["path", "fingerprint"], ("path", "fingerprint", "image", "ok")
+    )
+    assert plan.counts == {"reused": 2, "computed": 3, "removed": 2}
+    assert sorted((r.path, r.fingerprint) for r in plan.new.collect()) == sorted(
+        [("p2", "changed"), ("p9", "f"), ("p8", None)], key=str
+    )
+    assert plan.new.inputFiles() == []
+
+
 def test_a_file_that_could_not_be_read_is_read_again_even_with_the_same_identity(spark, tmp_path):
     """An S3 object whose read failed (a transient error, a permission fixed since) keeps its size
     and ETag, so its identity is unchanged: its stored `read` rejection is not reused, the next
