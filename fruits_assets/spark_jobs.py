@@ -215,10 +215,10 @@ def reuse_plan(stored, valid, current, keys: list[str], columns, carried: tuple 
     small stored columns the caller wants for the reused rows (`ReusePlan.kept`).
 
     Planning reads small columns only (Parquet reads them alone), in two jobs without a
-    shuffle: each row's file and keys, of the stored version (as its readers see it) and of every
-    row of its files (also those it already excluded, so that an inherited file's exclusions
-    carry over to the next version) in one, and of the input in the other. They are planned on the driver, as pandas
-    frames (the keys are what a broadcast join would collect there anyway). Stored images or
+    shuffle: one reads each row's file and keys, of the stored version (as its readers see it)
+    and of every row of its files (also those it already excluded, so that an inherited file's
+    exclusions carry over to the next version); the other, of the input. They are planned on the
+    driver, as pandas frames (the keys are what a broadcast join would collect there anyway). Stored images or
     vectors are neither read nor shuffled. A row with a null key matches nothing (as in a join).
 
     The version compacts (writes every reused row again, inherits nothing) when the stored
@@ -303,7 +303,7 @@ def _new_rows(current, inputs: pd.DataFrame, stored_keys: pd.DataFrame, stored_f
     (an incremental run: its own new files), those files alone are read, and the new rows picked
     out of them by their (file, keys) as seen through `current` (so rows an input version
     excludes stay excluded): a local table of at most MAX_NEW_ROWS_PICKED_BY_FILE small rows.
-    An input that is not read from files (raw_images' listing) is picked from the same way.
+    An input that is not read from files (raw_images' listing) is picked from by its keys alone.
     """
     from pyspark.sql import functions as F
 
