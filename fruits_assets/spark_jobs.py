@@ -214,11 +214,11 @@ def reuse_plan(stored, valid, current, keys: list[str], columns, carried: tuple 
     the stage's output (a stored file with other columns is copied, never inherited), `carried`
     small stored columns the caller wants for the reused rows (`ReusePlan.kept`).
 
-    Planning reads small columns only (Parquet reads them alone), in two jobs without a
-    shuffle: one reads each row's file and keys, of the stored version (as its readers see it)
-    and of every row of its files (also those it already excluded, so that an inherited file's
-    exclusions carry over to the next version); the other, of the input. They are planned on the
-    driver, as pandas frames (the keys are what a broadcast join would collect there anyway). Stored images or
+    Planning reads small columns only (Parquet reads them alone), in three jobs without a
+    shuffle: each row's file and keys, of the stored version (as its readers see it), of every
+    row of its files (also those it already excluded, so that an inherited file's exclusions
+    carry over to the next version) and of the input. They are planned on the driver, as pandas
+    frames (the keys are what a broadcast join would collect there anyway). Stored images or
     vectors are neither read nor shuffled. A row with a null key matches nothing (as in a join).
 
     The version compacts (writes every reused row again, inherits nothing) when the stored
@@ -234,18 +234,10 @@ def reuse_plan(stored, valid, current, keys: list[str], columns, carried: tuple 
     files = [unquote(file) for file in stored.inputFiles()]  # URL-encoded URIs
     physical = (  # every row of the stored files
         stored.sparkSession.read.schema(stored.schema).parquet(*files).select(stored_file().alias("_file"), "path")
-    )
+    ).toPandas()
     seen = stored.select(  # the rows a reader of the stored version sees
         stored_file().alias("_file"), F.coalesce(valid, F.lit(False)).alias("_valid"), *keys, *carried
-    )
-    # Both in one job (each job costs ~0.5 s here), told apart by `_seen`.
-    both = (
-        seen.withColumn("_seen", F.lit(True))
-        .unionByName(physical.withColumn("_seen", F.lit(False)), allowMissingColumns=True)
-        .toPandas()
-    )
-    physical = both.loc[~both["_seen"], ["_file", "path"]]
-    seen = both.loc[both["_seen"], ["_file", "_valid", *keys, *carried]].astype({"_valid": bool})
+    ).toPandas()
     inputs = current.select(F.input_file_name().alias("_uri"), stored_file().alias("_file"), *keys).toPandas()
     wanted = inputs[keys][inputs[keys].notna().all(axis=1)].drop_duplicates()
     seen = seen.merge(wanted.assign(_wanted=True), on=keys, how="left")
