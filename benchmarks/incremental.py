@@ -10,7 +10,10 @@ changed, against the first run, and whether its CSV equals a from-scratch run.
    bytes (a file is replaced, never written through: some photos are hard links to ../shared).
 3. The same command again on the same output folder: wall time, and from the run's materialization
    metadata how many images it decoded, preprocessed and featurized (new + changed expected).
-4. The same command on the final folder with a fresh output folder (from scratch): its CSV must
+4. The same command once more, nothing changed since (`--no-unchanged-run` to skip): the floor of
+   an incremental run, what any run pays whatever it computes (the CLI's and Spark's start, the
+   PCA refit on the full Training set, the whole CSV, the checks).
+5. The same command on the final folder with a fresh output folder (from scratch): its CSV must
    equal the incremental run's (same rows, values within 1e-4).
 The plain-Keras img/s of this machine on the same photos is printed beside the figures (speeds
 differ up to 3x between machines; only the ratios of one run count).
@@ -26,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.cli_vs_plain import photos, run
+from benchmarks.cli_vs_plain import photos, run, stage_seconds
 from benchmarks.common import BENCH_DIR, SHARED_WEIGHTS, machine
 
 SHARED_SAMPLE = SHARED_WEIGHTS.parents[1] / "fruits360-sample"
@@ -86,6 +89,7 @@ def main(argv=None) -> None:
     parser.add_argument("--changed", type=int, default=5)
     parser.add_argument("--weights", default=str(SHARED_WEIGHTS))
     parser.add_argument("--source", default=str(SHARED_SAMPLE))
+    parser.add_argument("--no-unchanged-run", dest="unchanged_run", action="store_false")
     args = parser.parse_args(argv)
 
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
@@ -139,11 +143,17 @@ def main(argv=None) -> None:
     second_env = {**env("second"), "FRUITS_OUTPUT_ROOT": str(tmp / "out")}
     second = run(dagster, second_env, tmp / "second.log")
     metadata = run_metadata(Path(second_env["DAGSTER_HOME"]))
+    incremental = csv_frame(tmp / "out")  # before the unchanged run writes its own
+    unchanged = None
+    if args.unchanged_run:
+        unchanged_env = {**env("unchanged"), "FRUITS_OUTPUT_ROOT": str(tmp / "out")}
+        unchanged = run(dagster, unchanged_env, tmp / "unchanged.log")
+        unchanged_metadata = run_metadata(Path(unchanged_env["DAGSTER_HOME"]))
     scratch = run(dagster, {**env("scratch"), "FRUITS_OUTPUT_ROOT": str(tmp / "scratch")}, tmp / "scratch.log")
 
     import numpy as np
 
-    incremental, fresh = csv_frame(tmp / "out"), csv_frame(tmp / "scratch")
+    fresh = csv_frame(tmp / "scratch")
     same_rows = list(incremental.index) == list(fresh.index) and list(incremental.columns) == list(fresh.columns)
     numeric = [c for c in fresh.columns if c.startswith("pc_")]
     max_diff = float(np.abs(incremental[numeric].to_numpy() - fresh[numeric].to_numpy()).max()) if same_rows else None
@@ -157,6 +167,14 @@ def main(argv=None) -> None:
         "second_run_s": round(second["wall"], 1),
         "scratch_run_s": round(scratch["wall"], 1),
         "second_vs_first": round(second["wall"] / first["wall"], 3),
+        "unchanged_run_s": round(unchanged["wall"], 1) if unchanged else None,
+        "unchanged_vs_first": round(unchanged["wall"] / first["wall"], 3) if unchanged else None,
+        "unchanged_computed": unchanged_metadata["image_features"].get("computed") if unchanged else None,
+        "step_seconds": {
+            name: stage_seconds(tmp / f"home-{name}")
+            for name in ("first", "second", "unchanged", "scratch")
+            if (tmp / f"home-{name}").exists()
+        },
         "raw_images": {k: metadata["raw_images"].get(k) for k in ("images", "decoded_to_check", "checks_reused")},
         "preprocessed_images": {k: metadata["preprocessed_images"].get(k) for k in ("reused", "computed", "removed")},
         "image_features": {k: metadata["image_features"].get(k) for k in ("reused", "computed", "removed")},
@@ -166,8 +184,11 @@ def main(argv=None) -> None:
     }
     print(json.dumps(figures, indent=1))
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')} {machine()}; plain Keras {keras_rate:.1f} img/s on these photos")
+    if unchanged:
+        print(f"a run with nothing changed: {figures['unchanged_vs_first']:.0%} of the first")
     ok = (
         figures["preprocessed_images"]["computed"] == expected
+        and (unchanged is None or figures["unchanged_computed"] == 0)
         and figures["image_features"]["computed"] == expected
         and same_rows
         and max_diff is not None
