@@ -17,7 +17,7 @@ from fruits_assets.errors import FruitsConfigError, clear_errors
 from fruits_assets.featurize import FEATURE_COLUMNS, feature_model, featurize_frame, model_key, resolve_weights
 from fruits_assets.images import MAX_PIXELS
 from fruits_assets.listing import images_root, list_images
-from fruits_assets.pca import PcaModel, fit_pca
+from fruits_assets.pca import PcaModel, fit_pca, linear_algebra
 from fruits_assets.plots import (
     class_thumbnails,
     confusion_plot,
@@ -344,13 +344,19 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, image_featur
 
     started = time.perf_counter()
     settings = settings_of(context)
-    spark_for(context, "pca_model")
+    spark = spark_for(context, "pca_model")
     train = as_vectors(image_features.where(F.col("split") == config.train_split)).select("features", "label").cache()
     train_rows = train.count()
     if train_rows == 0:
         raise FruitsConfigError(f"No valid image in the {config.train_split!r} split: PCA is fitted on it only.")
     model = fit_pca(train, FEATURE_DIM, train_rows, settings.pca_variance, settings.pca_max_k)
     seconds = time.perf_counter() - started
+    algebra, native = linear_algebra(spark)
+    if not native:
+        context.log.warning(
+            f"pca_model: Spark ML's linear algebra is not native ({algebra}): the fit is ~2x slower. "
+            "Install OpenBLAS (README, Requirements)."
+        )
     sample = (  # a bounded sample for the scatter plot, not the data set
         model.spark_model.transform(train)
         .select(vector_to_array("pca")[0].alias("pc_1"), vector_to_array("pca")[1].alias("pc_2"), "label")
@@ -365,6 +371,7 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, image_featur
         )
     scores = np.array([[r["pc_1"], r["pc_2"] if r["pc_2"] is not None else 0.0] for r in sample])
     metadata = pca_metadata(model, seconds)
+    metadata["linear_algebra"] = algebra
     metadata["scree_plot"] = dg.MetadataValue.md(
         markdown_image(scree_plot(model.explained_variance, model.k, model.variance_target), "scree")
     )

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fruits_assets.errors import FruitsConfigError
-from fruits_assets.pca import PcaModel, choose_k, fit_pca
+from fruits_assets.pca import PcaModel, choose_k, fit_pca, linear_algebra
 from fruits_assets.settings import validate_pca_settings
 
 
@@ -99,3 +99,13 @@ def test_a_model_saved_in_this_process_is_not_loaded_again(spark, tmp_path):
     assert from_disk is not model.spark_model
     scores = [np.array([r.pca.toArray() for r in m.transform(frame).collect()]) for m in (from_disk, model.spark_model)]
     np.testing.assert_allclose(scores[0], scores[1], atol=1e-9)
+
+
+def test_linear_algebra_says_whether_spark_ml_found_a_native_lapack(spark):
+    """pca_model's metadata names Spark ML's LAPACK: native exactly where the system has a
+    liblapack.so.3 (.ci/run installs OpenBLAS where it can), Java elsewhere."""
+    import ctypes.util
+
+    text, native = linear_algebra(spark)
+    assert text.startswith("LAPACK ") and ", BLAS " in text
+    assert native == (ctypes.util.find_library("lapack") is not None), text

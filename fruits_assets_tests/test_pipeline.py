@@ -57,6 +57,7 @@ def test_all_assets_materialize_on_the_synthetic_sample(spark, sample_root, tmp_
     assert counts["preprocessed_images current version"].endswith("(published: counts_reconcile passed)")
     pca = metadata_of(result, "pca_model")
     assert pca["scree_plot"].startswith("![scree](data:image/png;base64,")
+    assert pca["linear_algebra"].startswith("LAPACK ")
     quality = metadata_of(result, "pca_quality")
     assert quality["test_rows"] == 8 * 2 and quality["train_rows"] == 8 * 4
     assert metadata_of(result, "image_features")["rows_per_second"] > 0
