@@ -11,12 +11,20 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from fruits_assets.constants import FEATURE_DIM, TRAIN_SPLIT
+from fruits_assets.constants import FEATURE_DIM, SAMPLE_IMAGES, TRAIN_SPLIT
 from fruits_assets.csv_table import CsvTable
-from fruits_assets.errors import FruitsConfigError, clear_errors
-from fruits_assets.featurize import FEATURE_COLUMNS, feature_model, featurize_frame, model_key, resolve_weights
+from fruits_assets.errors import FruitsConfigError, config_errors_not_retried
+from fruits_assets.featurize import (
+    FEATURE_COLUMNS,
+    feature_model,
+    featurize_frame,
+    model_key,
+    model_metadata,
+    resolve_weights,
+)
 from fruits_assets.images import MAX_PIXELS
-from fruits_assets.listing import images_root, list_images
+from fruits_assets.incremental import Stage, run_stage
+from fruits_assets.listing import check_images_root, images_per_class, list_images, usable_images
 from fruits_assets.pca import PcaModel, fit_pca, linear_algebra
 from fruits_assets.plots import (
     class_thumbnails,
@@ -27,6 +35,7 @@ from fruits_assets.plots import (
     scree_plot,
 )
 from fruits_assets.quality import evaluate
+from fruits_assets.sample_data import sample_images
 from fruits_assets.settings import FruitsSettings, validate_image_size
 from fruits_assets.spark import PARQUET_CODEC
 from fruits_assets.spark_jobs import (
@@ -38,11 +47,9 @@ from fruits_assets.spark_jobs import (
     preprocess_frame,
     project_frame,
     raw_images_frame,
-    reuse_plan,
-    split_for_work,
+    raw_images_summary,
 )
 from fruits_assets.storage import join
-from fruits_assets.versions import PUBLISHED_BY_CHECK
 
 GROUP = "fruits"
 # Steps that talk to S3 or EMR retry transient faults (throttling, a dropped connection, a lost
@@ -65,7 +72,7 @@ def spark_asset(kinds: set[str], **kwargs):
             code_version="1",
             retry_policy=S3_RETRY,
             **kwargs,
-        )(clear_errors(fn))
+        )(config_errors_not_retried(fn))
 
     return decorate
 
@@ -73,18 +80,6 @@ def spark_asset(kinds: set[str], **kwargs):
 def settings_of(context) -> FruitsSettings:
     """The run's settings (resolved when the run started)."""
     return context.resources.settings.resolved()
-
-
-def previous_version(context, asset: str, *columns: str):
-    """The asset's version that was current when this run started, if it has these columns
-    (a version written before them cannot be reused): what an incremental asset starts from."""
-    io_manager = getattr(context.resources, "io_manager", None)
-    if not hasattr(io_manager, "started_with"):  # invoked directly (a test): nothing to reuse
-        return None
-    previous = io_manager.started_with(asset, context.run.run_id)
-    if previous is None or not set(columns) <= set(previous.columns):
-        return None
-    return previous
 
 
 def spark_for(context: dg.AssetExecutionContext, name: str):
@@ -103,92 +98,60 @@ class RawImagesConfig(dg.Config):
     )
 
 
+# A file whose path and identity (size and content hash; S3: size and ETag) are unchanged keeps its
+# row, bytes and verdict; only new or changed files are read and checked.
+RAW_STAGE = Stage("raw_images", keys=("path", "identity"), columns=RAW_COLUMNS, reported=("stage", "size"))
+
+
+def images_root(settings: FruitsSettings, storage) -> str:
+    """The folder or s3:// URI to list: the setting, or the synthetic sample, generated beside the
+    assets on first use (uploaded there once on EMR)."""
+    root = settings.images_root.strip()
+    if root == SAMPLE_IMAGES:
+        return sample_images(join(settings.assets_uri(), "sample_images"), storage)
+    return check_images_root(root, storage)
+
+
 @spark_asset(kinds={"spark", "python"})
 def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     """Every file under the images root: path, split, class label and bytes."""
-    started = time.perf_counter()
-    settings = settings_of(context)
-    storage = context.resources.settings.storage()
-    root = images_root(settings.images_root, settings.assets_uri(), storage)
-    with ThreadPoolExecutor(2, thread_name_prefix="raw_images") as background:
-        # The JVM starts (~5 s) while the driver lists and hashes the files.
-        starting = background.submit(lambda: context.resources.pyspark.spark_session)
-        listed, skipped = list_images(storage, root, settings.limit_per_class, config.splits)
-        images = [f for f in listed if f.reason is None]
-        if not images:
-            raise FruitsConfigError(
-                f"No image file found under {root!r} in the layout <split>/<Class Name>/<file>.jpg "
-                f"({len(listed)} other files found)."
-            )
-        # Drawn while Spark's jobs run (the driver only waits for them).
-        thumbnails = background.submit(class_thumbnails, images, storage)
-        starting.result()
-        from pyspark import StorageLevel
-        from pyspark.sql import functions as F
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
 
-        spark = spark_for(context, "raw_images")
+    started, settings, storage = time.perf_counter(), settings_of(context), context.resources.settings.storage()
+    root = images_root(settings, storage)
+    with ThreadPoolExecutor(2, thread_name_prefix="raw_images") as background:
+        starting = background.submit(lambda: spark_for(context, "raw_images"))  # the JVM starts while files are listed
+        listed, skipped = list_images(storage, root, settings.limit_per_class, config.splits)
+        images = usable_images(listed, root)
+        thumbnails = background.submit(class_thumbnails, images, storage)  # drawn while Spark works
+        spark = starting.result()
+
+        def read_and_check(work, counts):  # cached: the summary and the write read each file once
+            first_run = counts["reused"] == 0  # Spark then reads the whole root itself
+            return raw_images_frame(spark, work, root, storage, first_run).persist(StorageLevel.MEMORY_AND_DISK)
+
         listing = listing_frame(spark, listed)
-        # Incremental: a file whose path and identity (size and content hash; S3: size and ETag) are
-        # unchanged keeps its row, bytes and verdict; only new or changed files are read and checked.
-        previous = previous_version(context, "raw_images", "identity")
-        keys = ["path", "identity"]
-        plan = reuse_plan(previous, F.expr(RAW_REUSABLE), listing, keys, RAW_COLUMNS, carried=("stage", "size"))
-        counts = plan.counts
-        # Cached (the files' bytes, not images): the counts below and the IO manager's write read
-        # each file once, not twice.
-        frame = raw_images_frame(
-            spark, plan.new, counts["computed"], root, storage, settings.rows_per_partition, counts["reused"] == 0
-        ).persist(StorageLevel.MEMORY_AND_DISK)
-        stats = F.count(F.lit(1)).alias("files"), F.sum("size").alias("bytes")
-        rows = frame.groupBy("stage", "checked").agg(*stats).collect()
-        if plan.kept is not None:  # the reused rows' verdicts, from the planning
-            for stage, group in plan.kept.groupby(plan.kept["stage"].fillna(""), sort=False):
-                rows.append(
-                    {
-                        "stage": stage or None,
-                        "checked": False,
-                        "files": len(group),
-                        "bytes": int(group["size"].fillna(0).sum()),
-                    }
-                )
-        by_stage: dict = {}
-        for row in rows:
-            by_stage[row["stage"]] = by_stage.get(row["stage"], 0) + row["files"]
-        counts_by_class: dict[tuple, int] = {}
-        for f in images:
-            counts_by_class[(f.split, f.label)] = counts_by_class.get((f.split, f.label), 0) + 1
-        splits = sorted({s for s, _ in counts_by_class})
-        labels = sorted({label for _, label in counts_by_class})
-        table = [[label, *[counts_by_class.get((s, label), 0) for s in splits]] for label in labels]
-        table.append(
-            ["**total**", *[sum(c for (s, _), c in counts_by_class.items() if s == split) for split in splits]]
-        )
-        usable = by_stage.get(None, 0)
-        decoded = sum(r["files"] for r in rows if r["checked"])
+        run = run_stage(context, RAW_STAGE, listing, F.expr(RAW_REUSABLE), read_and_check, settings.rows_per_partition)
+        summary = raw_images_summary(run.computed, run.kept)
         seconds = round(time.perf_counter() - started, 2)
-        context.log.info(f"raw_images: {len(listed)} files under {root} ({usable} usable images) in {seconds}s")
+        context.log.info(f"raw_images: {len(listed)} files under {root} ({summary['images']} images) in {seconds}s")
         yield dg.Output(
-            plan.output(frame),
+            run.output,
             metadata={
                 "images_root": root,
                 "rows": len(listed),
-                **counts,
-                "reused_by_reference": counts["reused"] - plan.copied_rows,
-                "images": usable,
+                **run.metadata,
+                **summary,
                 "rejected_at_listing": len(listed) - len(images),
-                "unreadable": by_stage.get("read", 0),
-                "undecodable": by_stage.get("decode", 0),
-                "decoded_to_check": decoded,
-                "checks_reused": sum(r["files"] for r in rows if not r["checked"] and r["stage"] in (None, "decode")),
                 "skipped_by_limit": skipped,
-                "total_bytes": sum(r["bytes"] or 0 for r in rows),
-                "classes": len(labels),
-                "images_per_class": dg.MetadataValue.md(markdown_table(["class", *splits], table)),
+                "classes": len({f.label for f in images}),
+                "images_per_class": dg.MetadataValue.md(markdown_table(*images_per_class(images))),
                 "thumbnails": dg.MetadataValue.md(markdown_image(thumbnails.result(), "one image per class")),
                 "compute_seconds": seconds,
             },
         )
-        frame.unpersist()
+        run.computed.unpersist()
 
 
 # -- preprocessed_images, rejected_images ---------------------------------------------------------
@@ -199,37 +162,32 @@ def rejections(raw_images) -> list[tuple]:
     return sorted(((r["stage"], r["reason"], r["count"]) for r in counts), key=lambda r: -r[2])
 
 
-@spark_asset(kinds={"spark"}, metadata={PUBLISHED_BY_CHECK: "counts_reconcile"})
+# An image whose path and bytes are unchanged keeps its arrays, at the same size.
+PREPROCESSED_STAGE = Stage("preprocessed_images", keys=("path", "fingerprint"), columns=PREPROCESSED_COLUMNS)
+
+
+@spark_asset(kinds={"spark"})
 def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
     """Decoded, RGB, resized images as compact uint8 arrays."""
     from pyspark.sql import functions as F
 
-    started = time.perf_counter()
-    settings = settings_of(context)
-    size = settings.image_size
-    spark = spark_for(context, "preprocessed_images")
+    started, settings = time.perf_counter(), settings_of(context)
+    size, bytes_per_image = settings.image_size, settings.image_size**2 * 3
+    spark_for(context, "preprocessed_images")
     usable = raw_images.where(F.col("reason").isNull())
-    valid = usable.count()  # a small column: Parquet reads it alone
     rejected = sum(r[2] for r in rejections(raw_images))
-    # Incremental: an image whose path and bytes are unchanged, at the same size, keeps its arrays.
-    stored = previous_version(context, "preprocessed_images", "fingerprint")
-    plan = reuse_plan(stored, F.col("image_size") == size, usable, ["path", "fingerprint"], PREPROCESSED_COLUMNS)
-    counts = plan.counts
-    bytes_per_image = size * size * 3
-    context.log.info(
-        f"preprocessed_images: {valid} images ({counts['computed']} to decode, {counts['reused']} reused, "
-        f"{counts['removed']} removed since), {rejected} rejected"
+
+    def decode(work, _counts):
+        return preprocess_frame(work, size).withColumn("image_size", F.lit(size))
+
+    run = run_stage(
+        context, PREPROCESSED_STAGE, usable, F.col("image_size") == size, decode, settings.rows_per_partition
     )
-    work = split_for_work(
-        plan.new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=plan.scanned_rows
-    )
-    decoded = preprocess_frame(work, size).withColumn("image_size", F.lit(size))
     return dg.Output(
-        plan.output(decoded),
+        run.output,
         metadata={
-            "rows": valid,
-            **counts,
-            "reused_by_reference": counts["reused"] - plan.copied_rows,
+            "rows": run.counts["reused"] + run.counts["computed"],
+            **run.metadata,
             "image_size": size,
             "bytes_per_image": bytes_per_image,
             "storage_note": f"uint8 RGB {size}x{size}x3 = {bytes_per_image:,} B/image, {PARQUET_CODEC}-compressed "
@@ -263,69 +221,46 @@ def rejected_images(context: dg.AssetExecutionContext, raw_images):
 
 
 # -- image_features -------------------------------------------------------------------------------
-@spark_asset(kinds={"spark", "tensorflow"}, metadata={PUBLISHED_BY_CHECK: "vectors_complete_and_finite"})
+# An image whose path and bytes are unchanged keeps its vector, if it came from the same model
+# (weights, size, conversion: `model_key`).
+FEATURES_STAGE = Stage("image_features", keys=("path", "fingerprint"), columns=FEATURE_COLUMNS)
+
+
+@spark_asset(kinds={"spark", "tensorflow"})
 def image_features(context: dg.AssetExecutionContext, preprocessed_images):
     """1280-d MobileNetV2 (ImageNet-style, avg-pooled) feature vectors, one per image."""
     from pyspark.sql import functions as F
 
-    started = time.perf_counter()
-    settings = settings_of(context)
+    started, settings, storage = time.perf_counter(), settings_of(context), context.resources.settings.storage()
     spark = spark_for(context, "image_features")
     sizes = [r["image_size"] for r in preprocessed_images.select("image_size").distinct().collect()]
     if len(sizes) != 1:
         raise FruitsConfigError(f"preprocessed_images holds no images, or mixed sizes: {sizes}")
     size = validate_image_size(sizes[0])
-    rows = preprocessed_images.count()
-    storage = context.resources.settings.storage()
     weights = resolve_weights(settings.model_weights, size, storage)
-    key = model_key(weights, size)
-    # Incremental: an image whose path and bytes are unchanged keeps its vector, if it came from
-    # the same model (weights, size, conversion).
-    stored = previous_version(context, "image_features", "fingerprint", "model_key")
-    plan = reuse_plan(stored, F.col("model_key") == key, preprocessed_images, ["path", "fingerprint"], FEATURE_COLUMNS)
-    counts = plan.counts
     threads = settings.model_threads or int(spark.conf.get("spark.task.cpus", "1"))
-    model = None
-    if counts["computed"]:
-        model = feature_model(weights, size, storage, join(settings.assets_uri(), "_models"))
-        computed = featurize_frame(
-            spark,
-            split_for_work(
-                plan.new, counts["computed"], spark, settings.rows_per_partition, scanned_rows=plan.scanned_rows
-            ),
-            model,
-            threads,
-            settings.predict_batch_size,
-        )
-    else:  # nothing new: the version is the reused rows (an empty frame of the right columns)
-        computed = stored.select(*FEATURE_COLUMNS).limit(0)
-    context.log.info(f"image_features: {rows} images, {counts['computed']} to featurize, {counts['reused']} reused")
+    models = []  # the model, when there is something to featurize
+
+    def featurize(work, _counts):
+        models.append(feature_model(weights, size, storage, settings.model_cache_uri()))
+        return featurize_frame(spark, work, models[0], threads, settings.predict_batch_size)
+
+    key = model_key(weights.sha256, size)
+    run = run_stage(
+        context, FEATURES_STAGE, preprocessed_images, F.col("model_key") == key, featurize, settings.rows_per_partition
+    )
     if not weights.meaningful:
         context.log.warning("image_features: weights=random: these features are NOT meaningful.")
-    import ai_edge_litert
-    import pyspark
-
     return dg.Output(
-        plan.output(computed),
+        run.output,
         metadata={
-            "rows": rows,
-            **counts,
-            "reused_by_reference": counts["reused"] - plan.copied_rows,
+            "rows": run.counts["reused"] + run.counts["computed"],
+            **run.metadata,
             "dimension": FEATURE_DIM,
             "image_size": size,
-            "weights": weights.spec,
-            "weights_sha256": weights.sha256,
-            "weights_meaningful": weights.meaningful,
-            "engine": "LiteRT (XNNPACK, fp32), converted from the Keras model",
-            "litert_model": key
-            if model is None
-            else f"{key} ({'cached' if model.from_cache else 'converted in this run'})",
-            "litert_vs_keras_max_abs_diff": model.max_abs_diff
-            if model is not None and model.max_abs_diff is not None
-            else "not converted in this run (cached, or nothing to featurize)",
+            **model_metadata(weights, key, models[0] if models else None),
             "model_threads_per_worker": threads,
             "predict_batch_size": settings.predict_batch_size,
-            "versions": f"ai-edge-litert {ai_edge_litert.__version__}, spark {pyspark.__version__}",
             "setup_seconds": round(time.perf_counter() - started, 2),
         },
     )
@@ -397,7 +332,7 @@ def pca_metadata(model: PcaModel, seconds: float) -> dict:
 
 
 # -- pca_features_csv -----------------------------------------------------------------------------
-@spark_asset(kinds={"spark", "csv"}, metadata={PUBLISHED_BY_CHECK: "csv_matches_features"})
+@spark_asset(kinds={"spark", "csv"})
 def pca_features_csv(context: dg.AssetExecutionContext, image_features, pca_model: PcaModel):
     """One CSV: path, label, split and the k principal components of every valid image."""
     spark_for(context, "pca_features_csv")
@@ -422,7 +357,7 @@ def pca_features_csv(context: dg.AssetExecutionContext, image_features, pca_mode
         )
     ],
 )
-@clear_errors
+@config_errors_not_retried
 def pca_quality(context: dg.AssetExecutionContext, pca_features_csv):
     """Are k and the input size good enough? Logistic regression on Training rows, scored on Test."""
     floor = settings_of(context).min_accuracy

@@ -3,8 +3,14 @@
 Blocking (severity ERROR) where a downstream result would be garbage; warnings where a person
 should look but the output is still usable. Each check reads the stored assets as the run sees
 them (the run's own new versions), so it verifies what was written, not what the step meant to
-write. A blocking check is the audit of write-audit-publish: when it passes, the run's new
-version becomes the current one (`audit`); when it fails, the previous version stays current.
+write.
+
+Write-audit-publish is declared here, once: `publishing_check` makes a blocking check that is the
+audit of its asset. While such a check is selected in a run, the IO manager stages the asset's new
+version instead of making it current (it asks Dagster for the asset's blocking checks:
+`io_managers.blocking_checks_in_run`); when the check passes, `publish_if_passed` makes the version
+current; when it fails, the previous version stays current. Every blocking check is made by
+`publishing_check` (a test holds every check to it).
 """
 
 import dagster as dg
@@ -22,29 +28,14 @@ from fruits_assets.constants import FEATURE_DIM, TRAIN_SPLIT
 SPARK_CHECK_RESOURCES = {"pyspark", "pyspark_step_launcher", "io_manager"}
 
 
-def audit(context, check: str, passed: bool, assets: list[str], metadata: dict) -> dg.AssetCheckResult:
-    """The result of a blocking check; on success, this run's new versions of `assets` become
-    current. The metadata says which version is current, and why."""
-    io_manager = context.resources.io_manager
-    store = io_manager.store()
-    for asset in assets:
-        staged = store.staged(asset, context.run.run_id)
-        if staged is None:
-            continue  # the check ran alone, on versions of earlier runs: nothing to publish
-        if passed:
-            io_manager.publish(asset, context.run.run_id, because=f"{check} passed")
-            metadata[f"{asset} current version"] = f"{staged['version']} (published: {check} passed)"
-        else:
-            current = store.current(asset)
-            metadata[f"{asset} current version"] = (
-                f"{current['version'] if current else 'none'} (kept: {staged['version']} failed {check}, not published)"
-            )
-    return dg.AssetCheckResult(passed=passed, metadata=metadata)
+# The metadata mark of a check made by `publishing_check` (a test finds every blocking check has it).
+PUBLISHES = "fruits/publishes_when_passed"
 
 
-def blocking_check(asset, name: str, description: str, *others: str):
-    """The decorator of a blocking Spark check that publishes `asset` when it passes (one place
-    for what the three share); `others` are the upstream assets it compares with."""
+def publishing_check(asset, name: str, description: str, *others: str):
+    """A blocking Spark check that is the audit of `asset`: when it passes, this run's new
+    version of `asset` becomes current (`publish_if_passed`). `others`: the upstream assets it
+    compares with."""
     return dg.asset_check(
         asset=asset,
         name=name,
@@ -52,14 +43,36 @@ def blocking_check(asset, name: str, description: str, *others: str):
         blocking=True,
         additional_ins={other: dg.AssetIn() for other in others},
         required_resource_keys=SPARK_CHECK_RESOURCES,
+        metadata={PUBLISHES: True},
     )
+
+
+def publish_if_passed(context, passed: bool, metadata: dict) -> dg.AssetCheckResult:
+    """The result of a `publishing_check`; when it passed, this run's staged version of the
+    check's asset becomes current. The metadata says which version is current, and why."""
+    [spec] = context.check_specs
+    check, asset = spec.name, spec.asset_key.to_user_string()
+    io_manager = context.resources.io_manager
+    store = io_manager.store()
+    staged = store.staged(asset, context.run.run_id)
+    if staged is None:
+        pass  # the check ran alone, on a version of an earlier run: nothing to publish
+    elif passed:
+        io_manager.publish(asset, context.run.run_id, because=f"{check} passed")
+        metadata[f"{asset} current version"] = f"{staged['version']} (published: {check} passed)"
+    else:
+        current = store.current(asset)
+        metadata[f"{asset} current version"] = (
+            f"{current['version'] if current else 'none'} (kept: {staged['version']} failed {check}, not published)"
+        )
+    return dg.AssetCheckResult(passed=passed, metadata=metadata)
 
 
 def reconcile(listed: int, preprocessed: int, rejected: int) -> bool:
     return listed == preprocessed + rejected
 
 
-@blocking_check(
+@publishing_check(
     preprocessed_images,
     "counts_reconcile",
     "Files listed = images preprocessed + files rejected (quarantined in raw_images): nothing disappears.",
@@ -68,12 +81,8 @@ def reconcile(listed: int, preprocessed: int, rejected: int) -> bool:
 def counts_reconcile(context, preprocessed_images, raw_images) -> dg.AssetCheckResult:
     listed, valid = raw_images.count(), preprocessed_images.count()
     rejected = raw_images.where("reason IS NOT NULL").count()
-    return audit(
-        context,
-        "counts_reconcile",
-        reconcile(listed, valid, rejected),
-        ["preprocessed_images"],
-        {"listed": listed, "preprocessed": valid, "rejected": rejected},
+    return publish_if_passed(
+        context, reconcile(listed, valid, rejected), {"listed": listed, "preprocessed": valid, "rejected": rejected}
     )
 
 
@@ -94,7 +103,7 @@ def bad_vector():
     )
 
 
-@blocking_check(
+@publishing_check(
     image_features,
     "vectors_complete_and_finite",
     "One feature row per preprocessed image; every vector has 1280 finite values.",
@@ -106,12 +115,8 @@ def vectors_complete_and_finite(context, image_features, preprocessed_images) ->
     counts = image_features.agg(F.count(F.lit(1)).alias("rows"), F.sum(bad_vector().cast("int")).alias("bad")).first()
     rows, bad = counts["rows"], counts["bad"] or 0
     images = preprocessed_images.count()
-    return audit(
-        context,
-        "vectors_complete_and_finite",
-        rows == images and bad == 0,
-        ["image_features"],
-        {"feature_rows": rows, "preprocessed_images": images, "bad_vectors": bad},
+    return publish_if_passed(
+        context, rows == images and bad == 0, {"feature_rows": rows, "preprocessed_images": images, "bad_vectors": bad}
     )
 
 
@@ -133,7 +138,7 @@ def variance_target_reached(pca_model) -> dg.AssetCheckResult:
     )
 
 
-@blocking_check(
+@publishing_check(
     pca_features_csv,
     "csv_matches_features",
     "The CSV has one row per feature row, header path,label,split,pc_1..pc_k.",
@@ -144,11 +149,9 @@ def csv_matches_features(context, pca_features_csv, image_features, pca_model) -
     expected_header = ["path", "label", "split", *[f"pc_{i}" for i in range(1, pca_model.k + 1)]]
     rows, features = len(pca_features_csv), image_features.count()
     header_ok = list(pca_features_csv.columns) == expected_header
-    return audit(
+    return publish_if_passed(
         context,
-        "csv_matches_features",
         header_ok and rows == features,
-        ["pca_features_csv"],
         {"csv_rows": rows, "feature_rows": features, "header_ok": header_ok, "k": pca_model.k},
     )
 

@@ -22,28 +22,28 @@ class CsvTable:
     k: int
     file_name: str
 
-    def save(self, place) -> tuple[dict, dict]:
-        """Write into the version folder `place`; (manifest extras, metadata)."""
+    def save(self, folder) -> tuple[dict, dict]:
+        """Write into the version folder `folder`; (manifest extras, metadata)."""
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, self.file_name)
             rows = write_csv(self.frame, self.k, local)
             preview = csv_preview(local)
-            place.upload(local, self.file_name)
+            folder.upload(local, self.file_name)
         import dagster as dg
 
         return (
             {"file_name": self.file_name, "published_copies": [self.file_name]},
             {
                 "csv_rows": rows,
-                "csv_path": dg.MetadataValue.path(place.published_path(self.file_name)),
+                "csv_path": dg.MetadataValue.path(folder.published_path(self.file_name)),
                 "preview": dg.MetadataValue.md(preview),
             },
         )
 
     @staticmethod
-    def load(place, manifest: dict) -> pd.DataFrame:
+    def load(folder, manifest: dict) -> pd.DataFrame:
         """Downstream assets get the CSV as a pandas DataFrame."""
-        return pd.read_csv(io.BytesIO(place.read_bytes(manifest["file_name"])))
+        return pd.read_csv(io.BytesIO(folder.read_bytes(manifest["file_name"])))
 
 
 ORDER = ("split", "label", "path")

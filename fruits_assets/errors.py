@@ -30,8 +30,9 @@ def config_errors_fail_once():
         raise dg.Failure(description=str(error), allow_retries=False) from None
 
 
-def clear_errors(fn):
-    """Decorator form of `config_errors_fail_once`, for assets and checks (plain or generator)."""
+def config_errors_not_retried(fn):
+    """Decorator form of `config_errors_fail_once`, for assets and checks (plain or generator):
+    a FruitsConfigError fails the step without a retry, with its message as the headline."""
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
@@ -49,14 +50,20 @@ def clear_errors(fn):
     return wrapper
 
 
+def is_missing_filesystem(error: BaseException) -> bool:
+    """Whether Spark failed because it has no file system for a URI's scheme (s3:// without a
+    Hadoop S3 connector, as with pyspark from PyPI)."""
+    text = str(error)
+    return "No FileSystem for scheme" in text or "UnsupportedFileSystemException" in text
+
+
 @contextlib.contextmanager
 def spark_filesystem_errors(path: str):
     """Turn a missing Hadoop S3 connector into one clear error instead of a Py4J stack trace."""
     try:
         yield
     except Exception as error:
-        text = str(error)
-        if "No FileSystem for scheme" in text or "UnsupportedFileSystemException" in text:
+        if is_missing_filesystem(error):
             scheme = path.split("://", 1)[0]
             raise FruitsConfigError(
                 f"This Spark cannot read or write {scheme}:// paths ({path}): pyspark from PyPI has "

@@ -164,7 +164,12 @@ class FeatureModel:
 
     @property
     def key(self) -> str:
-        return f"{self.weights.sha256[:16]}-{self.image_size}-{CONVERSION_VERSION}"
+        return model_key(self.weights.sha256, self.image_size)
+
+
+def model_key(weights_sha256: str, image_size: int) -> str:
+    """What a feature vector depends on besides the image: the weights, the size, the conversion."""
+    return f"{weights_sha256[:16]}-{image_size}-{CONVERSION_VERSION}"
 
 
 def to_litert(model, image_size: int) -> bytes:
@@ -212,8 +217,7 @@ def feature_model(weights: Weights, image_size: int, storage=None, cache_dir: st
     """The LiteRT model of these weights: from the cache, else converted, checked and cached."""
     from fruits_assets.storage import join
 
-    probe = FeatureModel(b"", image_size, weights, None, True)
-    cached = join(cache_dir, f"{probe.key}.tflite") if cache_dir else None
+    cached = join(cache_dir, f"{model_key(weights.sha256, image_size)}.tflite") if cache_dir else None
     if cached and storage.exists(cached):
         return FeatureModel(storage.read_bytes(cached), image_size, weights, None, True)
     model = load_model(weights, image_size)
@@ -279,9 +283,24 @@ FEATURES_SCHEMA = "path string, split string, label string, fingerprint string, 
 FEATURE_COLUMNS = ("path", "split", "label", "fingerprint", "features", "model_key")
 
 
-def model_key(weights: Weights, image_size: int) -> str:
-    """What a feature vector depends on besides the image: the weights, the size, the conversion."""
-    return FeatureModel(b"", image_size, weights, None, True).key
+def model_metadata(weights: Weights, key: str, model: FeatureModel | None) -> dict:
+    """What the UI shows of the model that made (or would make) the features."""
+    import ai_edge_litert
+    import pyspark
+
+    return {
+        "weights": weights.spec,
+        "weights_sha256": weights.sha256,
+        "weights_meaningful": weights.meaningful,
+        "engine": "LiteRT (XNNPACK, fp32), converted from the Keras model",
+        "litert_model": key
+        if model is None
+        else f"{key} ({'cached' if model.from_cache else 'converted in this run'})",
+        "litert_vs_keras_max_abs_diff": model.max_abs_diff
+        if model is not None and model.max_abs_diff is not None
+        else "not converted in this run (cached, or nothing to featurize)",
+        "versions": f"ai-edge-litert {ai_edge_litert.__version__}, spark {pyspark.__version__}",
+    }
 
 
 def featurize_frame(spark, images, model: FeatureModel, threads: int, batch_size: int):

@@ -1,18 +1,19 @@
 """Where assets live: one IO manager, under the run's assets URI (a folder, or s3://bucket/prefix).
 
 It stores and versions; it does not know the domain types. Each output is written into a new
-version folder (`versions.VersionStore`), staged, and published (made current) at once or, for an
-asset with a blocking check, when the check passes (write, audit, publish). Inputs are read as
+version folder (`versions.VersionStore`), staged, and published (made current) at once or, while
+a blocking check of the asset runs in the same run, when that check passes (write, audit, publish:
+`checks.publishing_check`). Inputs are read as
 the run sees them: its own staged version, else the version current when the run started. A run
 holds its root's writer lock from start to end (`versions.RunLock`): two runs at once never mix.
 
 How a value is stored, by its type:
 - a Spark DataFrame -> Parquet, written by Spark (local files, or EMRFS `s3://` on EMR); an
-  `Inheriting` frame (an incremental stage) -> its new rows as Parquet, plus the Parquet files
+  `IncrementalFrame` (an incremental stage) -> its new rows as Parquet, plus the Parquet files
   of earlier versions it includes by reference (`inherits` in the manifest) but for their
-  outdated rows (`excludes`); see `stored_files`;
+  outdated rows (`excludes`); see `incremental.py`;
 - a `dict` -> `value.json` (small results such as evaluation metrics);
-- any object with `save(place)` and `load(place, manifest)` stores itself: `PcaModel`
+- any object with `save(folder)` and `load(folder, manifest)` stores itself: `PcaModel`
   (pca.py), `CsvTable` (csv_table.py). The manifest records its class, to load it back.
 """
 
@@ -26,17 +27,17 @@ from dagster import ResourceDependency
 from pydantic import PrivateAttr
 
 from fruits_assets.errors import FruitsConfigError, config_errors_fail_once, spark_filesystem_errors
+from fruits_assets.incremental import IncrementalFrame, read_version
 from fruits_assets.progress import SparkProgress
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.spark import SparkResource
 from fruits_assets.storage import Storage, join
-from fruits_assets.stored_files import Inheriting, read_version
-from fruits_assets.versions import PUBLISHED_BY_CHECK, RunLock, VersionStore
+from fruits_assets.versions import RunLock, VersionStore
 
 
 @dataclass
-class Place:
-    """One version's folder, as a stored type sees it."""
+class VersionFolder:
+    """One version's folder, as a stored type's `save` and `load` see it."""
 
     uri: str
     storage: Storage
@@ -153,12 +154,12 @@ class FruitsIOManager(dg.ConfigurableIOManager):
         started = time.perf_counter()
         store, asset = self.store(), context.asset_key.to_user_string()
         version, uri = store.new_version(asset, context.run_id)
-        place = Place(uri, store.storage, lambda: self.pyspark.spark_session, store.asset_dir(asset))
-        manifest, metadata = self._save(obj, place, context)
+        folder = VersionFolder(uri, store.storage, lambda: self.pyspark.spark_session, store.asset_dir(asset))
+        manifest, metadata = self._save(obj, folder, context)
         store.stage(asset, context.run_id, {**manifest, "location": uri, "version": version})
-        audited_by = context.definition_metadata.get(PUBLISHED_BY_CHECK)
+        audited_by = blocking_checks_in_run(context)
         if audited_by:
-            publication = f"staged: becomes current when the blocking check {audited_by} passes"
+            publication = f"staged: becomes current when the blocking check {', '.join(audited_by)} passes"
         else:
             self.publish(asset, context.run_id, because="materialized (no blocking check)")
             publication = "current"
@@ -179,38 +180,38 @@ class FruitsIOManager(dg.ConfigurableIOManager):
             metadata["rows_per_second"] = round(rows / seconds, 1)
         context.add_output_metadata(metadata)
 
-    def _save(self, obj, place: Place, context) -> tuple[dict, dict]:
+    def _save(self, obj, folder: VersionFolder, context) -> tuple[dict, dict]:
         if hasattr(obj, "save") and hasattr(type(obj), "load"):
-            extras, metadata = obj.save(place)
+            extras, metadata = obj.save(folder)
             kind = type(obj)
             return {"format": "object", "type": f"{kind.__module__}:{kind.__qualname__}", **extras}, metadata
         if isinstance(obj, dict):
-            place.write_bytes("value.json", json.dumps(obj, indent=1).encode())
+            folder.write_bytes("value.json", json.dumps(obj, indent=1).encode())
             return {"format": "json"}, {}
-        if isinstance(obj, Inheriting):
-            # An incremental version: its own rows, and files of earlier versions (see stored_files).
-            written = self._write_parquet(obj.frame, place, context, obj.rows_written)
+        if isinstance(obj, IncrementalFrame):
+            # An incremental version: its own rows, and files of earlier versions (see incremental.py).
+            written = self._write_parquet(obj.frame, folder, context, obj.rows_written)
             return {**written, "inherits": obj.inherited, "excludes": obj.excluded}, {
                 "rows_written": obj.rows_written,
                 "files_inherited": len(obj.inherited),
                 "rows_excluded_from_inherited_files": len(obj.excluded),
             }
         if _is_spark_frame(obj):
-            return self._write_parquet(obj, place, context, _metadata_number(context.output_metadata.get("rows"))), {}
+            return self._write_parquet(obj, folder, context, _metadata_number(context.output_metadata.get("rows"))), {}
         raise dg.DagsterInvariantViolationError(
             f"{type(self).__name__} cannot store a {type(obj).__name__} (asset {context.asset_key.to_user_string()})."
         )
 
-    def _write_parquet(self, frame, place: Place, context, rows: int | None) -> dict:
+    def _write_parquet(self, frame, folder: VersionFolder, context, rows: int | None) -> dict:
         """Writes the frame; returns its manifest entries. The schema is stored with it, so a
         reader reads no file's footer to learn it (a Spark job, ~0.1-0.3 s, at every read)."""
         # Spark is lazy: the whole stage runs now, so this is where its progress is told.
         log = context.log.info if context.has_asset_key and context.step_context else print
         with (
-            spark_filesystem_errors(place.uri),
+            spark_filesystem_errors(folder.uri),
             SparkProgress(frame.sparkSession, log, context.asset_key.to_user_string(), rows),
         ):
-            frame.write.mode("overwrite").parquet(place.uri)
+            frame.write.mode("overwrite").parquet(folder.uri)
         return {"format": "parquet", "schema": frame.schema.jsonValue()}
 
     # -- reading ------------------------------------------------------------------------------
@@ -232,7 +233,7 @@ class FruitsIOManager(dg.ConfigurableIOManager):
 
     def load_manifest(self, manifest: dict):
         store = self.store()
-        place = Place(
+        folder = VersionFolder(
             manifest["location"],
             store.storage,
             lambda: self.pyspark.spark_session,
@@ -242,21 +243,38 @@ class FruitsIOManager(dg.ConfigurableIOManager):
         if fmt == "parquet":
             # An incremental version includes files of earlier versions (`inherits`), but for
             # their outdated rows (`excludes`).
-            inherited = [join(place.asset_uri, relative) for relative in manifest.get("inherits", [])]
-            with spark_filesystem_errors(place.uri):
+            inherited = [join(folder.asset_uri, relative) for relative in manifest.get("inherits", [])]
+            with spark_filesystem_errors(folder.uri):
                 return read_version(
                     self.pyspark.spark_session,
-                    place.uri,
+                    folder.uri,
                     inherited,
                     manifest.get("excludes", []),
                     manifest.get("schema"),  # absent from versions stored before it was kept
                 )
         if fmt == "json":
-            return json.loads(place.read_bytes("value.json"))
+            return json.loads(folder.read_bytes("value.json"))
         if fmt == "object":
             module, _, name = manifest["type"].partition(":")
-            return getattr(importlib.import_module(module), name).load(place, manifest)
-        raise dg.DagsterInvariantViolationError(f"Unknown stored format {fmt!r} at {place.uri}")
+            return getattr(importlib.import_module(module), name).load(folder, manifest)
+        raise dg.DagsterInvariantViolationError(f"Unknown stored format {fmt!r} at {folder.uri}")
+
+
+def blocking_checks_in_run(context: dg.OutputContext) -> list[str]:
+    """The blocking checks of the output's asset that this run executes (Dagster's own record of
+    the checks: `checks.publishing_check` declares them): the asset's new version waits for them.
+    None run (the asset materialized without its checks, or invoked outside a run): it is made
+    current at once."""
+    step = context.step_context if context.has_asset_key and context._step_context is not None else None
+    if step is None:
+        return []
+    graph = step.job_def.asset_layer.asset_graph
+    selected = step.dagster_run.asset_check_selection
+    return sorted(
+        key.name
+        for key in graph.asset_check_keys
+        if key.asset_key == context.asset_key and graph.get(key).blocking and (selected is None or key in selected)
+    )
 
 
 def _metadata_number(value):

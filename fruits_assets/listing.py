@@ -85,16 +85,10 @@ def list_images(
         return [replace(f, identity=identity) for f, identity in zip(kept, identities, strict=True)], skipped
 
 
-def images_root(setting: str, assets_uri: str, storage) -> str:
-    """The folder or s3:// URI to list: the setting, or the generated sample (beside the assets)."""
-    from fruits_assets.constants import SAMPLE_IMAGES
+def check_images_root(root: str, storage) -> str:
+    """`root` if it holds files, else one clear error saying what to set."""
     from fruits_assets.errors import FruitsConfigError
-    from fruits_assets.sample_data import sample_images
-    from fruits_assets.storage import join
 
-    root = setting.strip()
-    if root == SAMPLE_IMAGES:
-        return sample_images(join(assets_uri, "sample_images"), storage)
     if not storage.root_exists(root):
         raise FruitsConfigError(
             f"Images root {root!r} does not exist or is empty: set FRUITS_IMAGES_ROOT (or the "
@@ -102,3 +96,28 @@ def images_root(setting: str, assets_uri: str, storage) -> str:
             "<split>/<Class Name>/<file>.jpg, or to 'sample'."
         )
     return root
+
+
+def usable_images(listed: list[ListedFile], root: str) -> list[ListedFile]:
+    """The listed files that are images in the layout, or one clear error if there are none."""
+    from fruits_assets.errors import FruitsConfigError
+
+    images = [f for f in listed if f.reason is None]
+    if not images:
+        raise FruitsConfigError(
+            f"No image file found under {root!r} in the layout <split>/<Class Name>/<file>.jpg "
+            f"({len(listed)} other files found)."
+        )
+    return images
+
+
+def images_per_class(images: list[ListedFile]) -> tuple[list[str], list[list]]:
+    """(header, rows) of a table of image counts per class and split, with a total row."""
+    counts: dict[tuple, int] = {}
+    for f in images:
+        counts[(f.split, f.label)] = counts.get((f.split, f.label), 0) + 1
+    splits = sorted({s for s, _ in counts})
+    labels = sorted({label for _, label in counts})
+    rows = [[label, *[counts.get((s, label), 0) for s in splits]] for label in labels]
+    rows.append(["**total**", *[sum(c for (s, _), c in counts.items() if s == split) for split in splits]])
+    return ["class", *splits], rows

@@ -96,16 +96,16 @@ class PcaModel:
     NPZ = "pca_model.npz"
     SPARK_MODEL = "spark_model"
 
-    def save(self, place) -> tuple[dict, dict]:
+    def save(self, folder) -> tuple[dict, dict]:
         """The arrays as pca_model.npz (numpy alone reads them) and, when there is one, the Spark
         `PipelineModel` in spark_model/."""
-        place.write_bytes(self.NPZ, self.to_npz_bytes())
+        folder.write_bytes(self.NPZ, self.to_npz_bytes())
         if self.spark_model is not None:
-            place.save_spark(self.spark_model, self.SPARK_MODEL)
+            folder.save_spark(self.spark_model, self.SPARK_MODEL)
         return {"spark_model": self.spark_model is not None}, {}
 
     @classmethod
-    def load(cls, place, manifest: dict) -> PcaModel:
+    def load(cls, folder, manifest: dict) -> PcaModel:
         """The arrays at once; the Spark model on first use only, so a check that reads k on the
         Dagster host needs no Spark (nor, on EMR, an S3 file system for Spark)."""
         spark_model = None
@@ -114,9 +114,9 @@ class PcaModel:
             def spark_model():
                 from pyspark.ml import PipelineModel
 
-                return place.load_spark(PipelineModel, cls.SPARK_MODEL)
+                return folder.load_spark(PipelineModel, cls.SPARK_MODEL)
 
-        return cls.from_npz_bytes(place.read_bytes(cls.NPZ), spark_model=spark_model)
+        return cls.from_npz_bytes(folder.read_bytes(cls.NPZ), spark_model=spark_model)
 
     @classmethod
     def from_npz_bytes(cls, data: bytes, spark_model=None) -> PcaModel:

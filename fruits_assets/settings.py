@@ -92,6 +92,11 @@ class FruitsSettings(dg.ConfigurableResource):
         "imagenet",
         "'imagenet', a path or s3:// URI of a weights file, or 'random' (smoke tests).",
     )
+    model_cache: str | None = setting(
+        "FRUITS_MODEL_CACHE",
+        "",
+        "Folder or s3:// URI where converted LiteRT models are kept by content ('' = <assets>/_models).",
+    )
     predict_batch_size: int | None = setting("FRUITS_PREDICT_BATCH_SIZE", 4, "Images per MobileNetV2 (LiteRT) call.")
     model_threads: int | None = setting(
         "FRUITS_MODEL_THREADS", 0, "Model threads per Python worker (0 = spark.task.cpus)."
@@ -162,6 +167,12 @@ class FruitsSettings(dg.ConfigurableResource):
             endpoint_url=resolved.s3_endpoint_url or None,
             kms_key_id=resolved.kms_key_id or None,
         )
+
+    def model_cache_uri(self) -> str:
+        """Where converted models are cached (by weights, size and conversion), shared by runs."""
+        from fruits_assets.storage import join
+
+        return self.resolved().model_cache or join(self.assets_uri(), "_models")
 
     def assets_uri(self) -> str:
         """Where assets live: a local folder, or s3://bucket/prefix on EMR."""

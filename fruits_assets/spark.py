@@ -23,7 +23,7 @@ PARQUET_CODEC = "snappy"
 
 
 def runtime_config(settings: FruitsSettings) -> dict:
-    """Settings a running session can take (set again at each run: the session outlives runs)."""
+    """Settings a running session can take (applied again to a session that outlives a run)."""
     return {
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         # Rows per Arrow batch handed to a Python worker: bounds worker memory (224 px uint8
@@ -104,20 +104,19 @@ class SparkResource(dg.ConfigurableResource):
 
     @property
     def spark_session(self):
+        # getOrCreate applies the builder's settings to a session that already runs (one that
+        # outlives a run, in `dagster dev` or a test): the runtime ones are set once, here.
         if self._session is None:
             from pyspark.sql import SparkSession
 
             settings = self.settings.resolved()
             if settings.deployment == "local":
-                session = local_session(settings)
+                self._session = local_session(settings)
             else:  # a step on the cluster: spark-submit made the context
                 builder = SparkSession.builder
                 for key, value in cluster_config(settings).items():
                     builder = builder.config(key, value)
-                session = builder.getOrCreate()
-            for key, value in runtime_config(settings).items():
-                session.conf.set(key, value)
-            self._session = session
+                self._session = builder.getOrCreate()
         return self._session
 
     @property

@@ -40,14 +40,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fruits_assets.errors import FruitsConfigError
+from fruits_assets.incremental import versions_read_by
 from fruits_assets.storage import Storage, is_s3, join
 
 CURRENT = "_CURRENT.json"
 STAGED = "_staged"
 RUNS = "_runs"
 LOCK_INFO = "_lock.json"
-# The definition metadata key of an asset whose versions are published by a blocking check.
-PUBLISHED_BY_CHECK = "fruits/published_by_check"
 
 
 class NotMaterializedError(FruitsConfigError):
@@ -170,14 +169,6 @@ class VersionStore:
 
     def forget_run(self, run_id: str) -> None:
         self.storage.delete(join(self.root, RUNS, f"{run_id}.json"))
-
-
-def versions_read_by(manifest: dict | None) -> set[str]:
-    """The version folders a reader of this manifest opens: its own, and those of the files it
-    includes by reference (`inherits`: `<version>/<file>` of earlier versions of the asset)."""
-    if not manifest:
-        return set()
-    return {manifest.get("version"), *(relative.split("/")[0] for relative in manifest.get("inherits", []))}
 
 
 # -- one writer at a time ---------------------------------------------------------------------

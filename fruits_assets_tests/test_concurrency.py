@@ -178,3 +178,23 @@ def test_dagster_dev_queues_runs_of_this_code_location_one_at_a_time(tmp_path):
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
     assert {"key": "dagster/code_location", "value": "fruits_assets", "limit": 1} in limits
+
+
+def test_a_version_waits_for_its_blocking_check_only_when_the_check_runs(spark, sample_root, tmp_path):
+    """Dagster's own record of the checks decides: with its blocking check in the run, the new
+    version of preprocessed_images is staged, then published by the check; materialized without
+    its checks, it is current at once (it would otherwise stay staged forever)."""
+    out = tmp_path / "out"
+    assets = dg.AssetSelection.assets("raw_images", "preprocessed_images")
+    with_check = materialize(out, run_config(sample_root, limit_per_class=1), selection=assets)
+    assert with_check.success
+    assert metadata_of(with_check, "preprocessed_images")["publication"].startswith(
+        "staged: becomes current when the blocking check counts_reconcile passes"
+    )
+    assert check_results(with_check)["counts_reconcile"][2]["preprocessed_images current version"].endswith(
+        "(published: counts_reconcile passed)"
+    )
+    without = materialize(out, run_config(sample_root, limit_per_class=2), selection=assets.without_checks())
+    assert without.success and "counts_reconcile" not in check_results(without)
+    assert metadata_of(without, "preprocessed_images")["publication"] == "current"
+    assert io_manager(out).current(dg.AssetKey("preprocessed_images"))["run_id"] == without.run_id

@@ -227,3 +227,22 @@ def test_the_readme_names_every_setting_and_only_real_ones():
     named = set(re.findall(r"`(FRUITS_[A-Z0-9_]+)`", readme))
     assert named - defined == set(), "the README names settings that do not exist"
     assert defined - named == set(), "settings missing from the README"
+
+
+def test_every_blocking_check_publishes_its_asset_and_only_those_do():
+    """Write-audit-publish is declared once, by `checks.publishing_check`: every blocking check
+    was made by it (it publishes its asset's version when it passes), and every check made by it
+    blocks. The IO manager stages the versions of exactly these checks' assets."""
+    from fruits_assets.checks import PUBLISHES
+    from fruits_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    checks = {key: graph.get(key) for key in graph.asset_check_keys}
+    publishing = {key for key, node in checks.items() if node.metadata.get(PUBLISHES)}
+    blocking = {key for key, node in checks.items() if node.blocking}
+    assert publishing == blocking
+    assert {(k.asset_key.to_user_string(), k.name) for k in publishing} == {
+        ("preprocessed_images", "counts_reconcile"),
+        ("image_features", "vectors_complete_and_finite"),
+        ("pca_features_csv", "csv_matches_features"),
+    }

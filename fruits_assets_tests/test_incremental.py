@@ -279,7 +279,7 @@ def write_version(spark, asset_dir: Path, version: str, rows: list[tuple]) -> li
 def test_a_stored_version_reads_inherited_files_without_their_excluded_rows(spark, tmp_path):
     """An exclusion hides one row of one inherited file: the same path in another file (the new
     row of an image whose bytes changed, or changed back) stays."""
-    from fruits_assets.stored_files import read_version
+    from fruits_assets.incremental import read_version
 
     asset = tmp_path / "asset dir"
     old = write_version(spark, asset, "v-1", [("a", "f1", b"A1"), ("b", "f1", b"B1")])
@@ -315,7 +315,7 @@ def test_new_rows_are_read_from_the_files_that_hold_them_alone(spark, tmp_path):
     then reads only the input files holding them, not every stored image of the input."""
     from pyspark.sql import functions as F
 
-    from fruits_assets.spark_jobs import reuse_plan
+    from fruits_assets.incremental import reuse_plan
 
     asset = tmp_path / "input"
     write_version(spark, asset, "v-1", [(f"p{i}", "f", b"x" * 100) for i in range(4)])
@@ -338,7 +338,7 @@ def test_new_rows_of_a_listing_are_picked_without_reading_the_stored_version_aga
     them does not scan the stored version a second time (that anti-join cost 4 jobs, ~2 s)."""
     from pyspark.sql import functions as F
 
-    from fruits_assets.spark_jobs import reuse_plan
+    from fruits_assets.incremental import reuse_plan
 
     stored = write_version(spark, tmp_path / "raw", "v-1", [(f"p{i}", "f", b"old") for i in range(4)])
     stored_frame = spark.read.parquet(*[str(tmp_path / "raw" / f) for f in stored]).withColumn("ok", F.lit(True))
@@ -362,7 +362,8 @@ def test_a_file_that_could_not_be_read_is_read_again_even_with_the_same_identity
     run reads it again. Verdicts on content (decode) and name (listing) are reused."""
     from pyspark.sql import functions as F
 
-    from fruits_assets.spark_jobs import LISTING_SCHEMA, RAW_REUSABLE, RAW_SCHEMA, reuse_plan
+    from fruits_assets.incremental import reuse_plan
+    from fruits_assets.spark_jobs import LISTING_SCHEMA, RAW_REUSABLE, RAW_SCHEMA
 
     rows = [  # path, split, label, reason, stage, size, fingerprint, checked, identity, content
         ("s3://b/Training/A/ok.jpg", "Training", "A", None, None, 3, "f1", True, "etag:3:e1", b"abc"),

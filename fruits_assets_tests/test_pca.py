@@ -85,17 +85,17 @@ def test_components_have_one_sign_convention(spark):
 def test_a_model_saved_in_this_process_is_not_loaded_again(spark, tmp_path):
     """pca_features_csv reads the Spark model pca_model saved in the same run: the saved object
     is used (no Spark ML loader); a model saved elsewhere, or by another process, is loaded."""
-    from fruits_assets.io_managers import Place
+    from fruits_assets.io_managers import VersionFolder
     from fruits_assets.storage import Storage
 
     model, frame = fit(spark, low_rank_data(), 0.9, 5)
-    place = Place(str(tmp_path / "v-1"), Storage(), lambda: spark, str(tmp_path))
-    extras, _ = model.save(place)
-    loaded = PcaModel.load(place, extras)
+    folder = VersionFolder(str(tmp_path / "v-1"), Storage(), lambda: spark, str(tmp_path))
+    extras, _ = model.save(folder)
+    loaded = PcaModel.load(folder, extras)
     assert loaded.spark_model is model.spark_model
     copy = tmp_path / "copy"
     (tmp_path / "v-1").rename(copy)  # the same files, at a path this process never saved
-    from_disk = PcaModel.load(Place(str(copy), Storage(), lambda: spark, str(tmp_path)), extras).spark_model
+    from_disk = PcaModel.load(VersionFolder(str(copy), Storage(), lambda: spark, str(tmp_path)), extras).spark_model
     assert from_disk is not model.spark_model
     scores = [np.array([r.pca.toArray() for r in m.transform(frame).collect()]) for m in (from_disk, model.spark_model)]
     np.testing.assert_allclose(scores[0], scores[1], atol=1e-9)
