@@ -13,7 +13,6 @@ runs MobileNetV2 about 2x faster than Keras, within 5e-5 of its outputs (benchma
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import tempfile
@@ -40,9 +39,9 @@ class Weights:
     """A resolved weights file: what it is (for metadata) and its bytes."""
 
     spec: str  # what the user asked for: imagenet | random | a path | an s3:// URI
-    sha256: str
+    sha256: str  # of the file (of the arrays for imagenet; of the recipe for random)
     suffix: str  # ".weights.h5" (Keras 3) or ".h5" (legacy Keras); decides the loader
-    data: bytes
+    data: bytes  # the file (none for random: `random_model` makes the model)
 
     @property
     def meaningful(self) -> bool:
@@ -57,10 +56,18 @@ def build_model(image_size: int):
     )
 
 
-@functools.lru_cache(maxsize=8)
+# Changing how `random_model` makes its weights changes this, so their cached conversions are not reused.
+RANDOM_WEIGHTS_VERSION = "seeded-bn-stats-v1"
+
+
 def random_weights(image_size: int) -> Weights:
-    """The `random` weights of this size (made once per process: the same every time)."""
-    return _weights_from_model("random", random_model(image_size))
+    """The `random` weights of this size, identified by what makes them (`random_model`'s seed
+    and recipe, the size, Keras' version): deterministic, so no TensorFlow is imported to know
+    them, and a cached conversion of them is used without building the model."""
+    from importlib.metadata import version
+
+    recipe = f"random:{RANDOM_SEED}:{RANDOM_WEIGHTS_VERSION}:{image_size}:keras-{version('keras')}"
+    return Weights(spec="random", sha256=hashlib.sha256(recipe.encode()).hexdigest(), suffix="", data=b"")
 
 
 def random_model(image_size: int):
@@ -136,6 +143,8 @@ def resolve_weights(spec: str, image_size: int, storage) -> Weights:
 
 def load_model(weights: Weights, image_size: int):
     """The Keras model with these weights, or one clear error if they are not MobileNetV2's."""
+    if weights.spec == "random":
+        return random_model(image_size)
     model = build_model(image_size)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "weights" + weights.suffix)

@@ -156,7 +156,7 @@ class FruitsIOManager(dg.ConfigurableIOManager):
         version, uri = store.new_version(asset, context.run_id)
         folder = VersionFolder(uri, store.storage, lambda: self.pyspark.spark_session, store.asset_dir(asset))
         manifest, metadata = self._save(obj, folder, context)
-        store.stage(asset, context.run_id, {**manifest, "location": uri, "version": version})
+        store.stage(asset, context.run_id, {**manifest, "version": version})
         audited_by = blocking_checks_in_run(context)
         if audited_by:
             publication = f"staged: becomes current when the blocking check {', '.join(audited_by)} passes"
@@ -234,10 +234,10 @@ class FruitsIOManager(dg.ConfigurableIOManager):
     def load_manifest(self, manifest: dict):
         store = self.store()
         folder = VersionFolder(
-            manifest["location"],
+            store.location(manifest),
             store.storage,
             lambda: self.pyspark.spark_session,
-            store.asset_dir(manifest.get("asset", "")),
+            store.asset_dir(manifest["asset"]),
         )
         fmt = manifest["format"]
         if fmt == "parquet":

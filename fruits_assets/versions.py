@@ -1,7 +1,8 @@
 """Versions of the assets under one root (a folder, or s3://bucket/prefix): write, audit, publish,
 one writer at a time.
 
-Layout, per asset:
+Layout, per asset (a manifest names its version folder relative to its asset's folder, so a root
+can be copied or moved, e.g. `aws s3 sync` to another prefix, and still read):
     <asset>/v-<utc time>-<run>-<random>/...   one materialization's data, written once, never changed
     <asset>/_staged/<run id>.json             what a run wrote (a manifest), not yet or never published
     <asset>/_CURRENT.json                     the published version: what users and other runs read
@@ -67,6 +68,10 @@ class VersionStore:
     def asset_dir(self, asset: str) -> str:
         return join(self.root, *asset.split("/"))
 
+    def location(self, manifest: dict) -> str:
+        """The folder of a manifest's version, under this root."""
+        return join(self.asset_dir(manifest["asset"]), manifest["version"])
+
     def _read_json(self, uri: str) -> dict | None:
         try:
             return json.loads(self.storage.read_bytes(uri))
@@ -104,7 +109,7 @@ class VersionStore:
         manifest = {**manifest, "published_at": _now(), "published_because": because}
         for name in manifest.get("published_copies", []):
             # A stable path for a file users open by name (the CSV): replaced whole, atomically.
-            self.storage.copy(join(manifest["location"], name), join(self.asset_dir(asset), name))
+            self.storage.copy(join(self.location(manifest), name), join(self.asset_dir(asset), name))
         self._write_json(join(self.asset_dir(asset), CURRENT), manifest)
         self.clean_up(asset, keep=versions_read_by(manifest) | versions_read_by(previous), run_id=run_id)
         return manifest

@@ -1,7 +1,19 @@
-"""Shared fixtures: a real local Spark session, small image folders, the shared real data, and a
-real S3 API server (moto's server mode) on loopback."""
+"""Shared fixtures: a real local Spark session, small image folders, one materialized sample, the
+shared real data, and a real S3 API server (moto's server mode) on loopback; and the test tiers.
+
+Tiers (markers; README, Tests):
+- `fast`: no Spark and no TensorFlow (listing, images, PCA maths, versions, settings, the EMR
+  files and CLI against moto, sensor ticks). Every test that is not `spark` or `slow` is `fast`,
+  and a `fast` test that starts a JVM or imports TensorFlow fails (`_fast_means_fast`);
+- `spark`: a real local Spark session or TensorFlow, in this process: every test that uses the
+  `spark` fixture (directly or through another fixture) is marked so, the others by hand;
+- `slow`: other processes: the Dagster CLI and webserver, the emulated EMR cluster, the notebook,
+  PyPI.
+`pytest -m fast` answers in about a minute; `pytest` runs the tiers in that order.
+"""
 
 import os
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -21,6 +33,38 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from fruits_assets_tests.helpers import TEST_MASTER, free_port  # noqa: E402  (after the credentials)
+
+TIERS = ("fast", "spark", "slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that is neither `spark` nor `slow` as `fast`, and run the tiers in order:
+    the quick answers first, and each fast test in a process that has started no JVM and imported
+    no TensorFlow yet, so that the guard below can tell."""
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.spark)
+        if not any(item.get_closest_marker(tier) for tier in TIERS[1:]):
+            item.add_marker(pytest.mark.fast)
+    items.sort(key=lambda item: max(i for i, tier in enumerate(TIERS) if item.get_closest_marker(tier)))
+
+
+def _jvm_started() -> bool:
+    pyspark = sys.modules.get("pyspark")
+    return pyspark is not None and pyspark.SparkContext._gateway is not None
+
+
+@pytest.fixture(autouse=True)
+def _fast_means_fast(request):
+    """A `fast` test that starts a JVM or imports TensorFlow fails: mark it `spark`."""
+    if request.node.get_closest_marker("fast") is None:
+        yield
+        return
+    tensorflow, jvm = "tensorflow" in sys.modules, _jvm_started()
+    yield
+    assert tensorflow or "tensorflow" not in sys.modules, "a fast test imported TensorFlow: mark it spark"
+    assert jvm or not _jvm_started(), "a fast test started Spark's JVM: mark it spark"
+
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
@@ -45,12 +89,60 @@ def spark():
     session.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """One cache of converted models for the whole session (FRUITS_MODEL_CACHE, inherited by the
+    CLI processes the tests start): a model is converted once, not once per output folder."""
+    cache = tmp_path_factory.mktemp("model-cache")
+    previous = os.environ.get("FRUITS_MODEL_CACHE")
+    os.environ["FRUITS_MODEL_CACHE"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("FRUITS_MODEL_CACHE", None)
+    else:
+        os.environ["FRUITS_MODEL_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory) -> Path:
     """A small synthetic Fruits-360 folder: 8 classes x (4 Training + 2 Test) JPEGs."""
     from fruits_assets.sample_data import generate_sample
 
     return generate_sample(tmp_path_factory.mktemp("sample") / "images", 4, 2)
+
+
+SAMPLE_IMAGES = 8 * (4 + 2)
+
+
+@pytest.fixture(scope="session")
+def _materialized_once(tmp_path_factory, sample_root, spark):
+    """The whole graph, materialized once on a copy of the sample at a fixed path (random
+    weights, 96 px): (images, output root, the run's result)."""
+    from fruits_assets_tests.helpers import materialize, run_config
+
+    base = tmp_path_factory.mktemp("materialized")
+    images = shutil.copytree(sample_root, base / "images")
+    result = materialize(base / "out", run_config(images))
+    assert result.success
+    return images, base / "out", result
+
+
+@pytest.fixture
+def materialized_sample(_materialized_once):
+    """The materialized sample for a test that only reads it: (images, output root, result)."""
+    return _materialized_once
+
+
+@pytest.fixture
+def materialized(_materialized_once, sample_root, tmp_path):
+    """A copy of the materialized sample that a test may change: (images, output root). The
+    images are restored in place from the sample (their paths are the rows' keys; their identity
+    is their content) and the output root is a copy in the test's own folder (versions are named
+    relative to their asset's folder)."""
+    images, out, _ = _materialized_once
+    shutil.rmtree(images)
+    shutil.copytree(sample_root, images)
+    return images, shutil.copytree(out, tmp_path / "out", ignore=shutil.ignore_patterns("_lock"))
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,17 @@
-"""Each asset invoked directly with `build_asset_context`, on real local Spark and small data."""
+"""Each asset's output, from the session's run of the whole graph on the sample (real local Spark,
+small data), and assets invoked directly as functions with `build_asset_context` (asset unit
+tests)."""
 
 import dagster as dg
 import numpy as np
 import pytest
 
-from fruits_assets.assets import (
-    PcaConfig,
-    RawImagesConfig,
-    image_features,
-    pca_features_csv,
-    pca_model,
-    preprocessed_images,
-    raw_images,
-    rejected_images,
-)
+from fruits_assets.assets import PcaConfig, RawImagesConfig, pca_features_csv, pca_model, raw_images
 from fruits_assets.constants import FEATURE_DIM
 from fruits_assets.csv_table import CsvTable
 from fruits_assets.resources import fruits_resources
 from fruits_assets.settings import FruitsSettings
-from fruits_assets_tests.helpers import TEST_MASTER
+from fruits_assets_tests.helpers import TEST_MASTER, load, metadata_of
 
 
 def asset_context(**settings):
@@ -42,61 +35,67 @@ def context(spark, tmp_path_factory, sample_root):
 
 
 @pytest.fixture(scope="module")
-def stages(context):
-    """Run the stages one after another, as the graph would, keeping every output."""
-    [raw] = raw_images(context, RawImagesConfig())
-    outputs = {
-        "preprocessed_images": preprocessed_images(context, raw.value),
-        "rejected_images": rejected_images(context, raw.value),
-    }
-    features = image_features(context, outputs["preprocessed_images"].value)
-    features_frame = features.value.cache()
-    model = pca_model(context, PcaConfig(), features_frame)
-    csv = pca_features_csv(context, features_frame, model.value)
-    return {"raw": raw, **outputs, "features": features, "features_frame": features_frame, "pca": model, "csv": csv}
+def stored(_materialized_once):
+    """What the session's run of the whole graph stored (as a downstream asset reads it), and
+    its metadata."""
+    _, out, result = _materialized_once
+    values = {asset: load(out, asset) for asset in ASSETS}
+    return {**values, "metadata": {asset: metadata_of(result, asset) for asset in ASSETS}}
 
 
-def test_raw_images_lists_paths_labels_splits_and_bytes(stages, sample_root):
-    raw = stages["raw"]
-    rows = raw.value.collect()
-    assert len(rows) == 8 * 2 * 2 == raw.metadata["images"].value
+ASSETS = ("raw_images", "preprocessed_images", "rejected_images", "image_features", "pca_model", "pca_features_csv")
+IMAGES = 8 * (4 + 2)
+
+
+def test_raw_images_lists_paths_labels_splits_and_bytes(stored):
+    rows = stored["raw_images"].collect()
+    assert len(rows) == IMAGES == stored["metadata"]["raw_images"]["images"]
     assert {r.split for r in rows} == {"Training", "Test"}
     assert all(r.content and len(r.content) == r.size and r.reason is None for r in rows)
+    assert "Apple Red 1" in stored["metadata"]["raw_images"]["images_per_class"]
+    assert stored["metadata"]["raw_images"]["thumbnails"].startswith("![one image per class](data:image/png;base64,")
+
+
+def test_raw_images_invoked_directly_keeps_the_limit_per_class(context):
+    """An asset unit test: the asset called as a function, its output a value."""
+    [raw] = raw_images(context, RawImagesConfig())
+    assert raw.value.count() == 8 * 2 * 2 == raw.metadata["images"].value
     assert raw.metadata["skipped_by_limit"].value == 8 * (2 + 0)
-    assert "Apple Red 1" in raw.metadata["images_per_class"].value
-    assert raw.metadata["thumbnails"].value.startswith("![one image per class](data:image/png;base64,")
 
 
-def test_preprocessed_images_are_uint8_arrays_of_the_model_size(stages):
-    frame = stages["preprocessed_images"].value
+def test_preprocessed_images_are_uint8_arrays_of_the_model_size(stored):
+    frame = stored["preprocessed_images"]
     row = frame.first()
     assert len(row.image) == 96 * 96 * 3 and row.image_size == 96
-    assert frame.count() == 32
-    assert stages["rejected_images"].value.count() == 0
+    assert frame.count() == IMAGES
+    assert stored["rejected_images"].count() == 0
 
 
-def test_image_features_are_1280_finite_floats(stages):
-    rows = stages["features_frame"].collect()
-    vectors = np.array([r.features for r in rows])
-    assert vectors.shape == (32, FEATURE_DIM) and np.isfinite(vectors).all()
-    assert stages["features"].metadata["weights"].value == "random"
+def test_image_features_are_1280_finite_floats(stored):
+    vectors = np.array([r.features for r in stored["image_features"].collect()])
+    assert vectors.shape == (IMAGES, FEATURE_DIM) and np.isfinite(vectors).all()
+    assert stored["metadata"]["image_features"]["weights"] == "random"
 
 
-def test_pca_model_is_fitted_on_training_rows_only(stages):
-    model = stages["pca"].value
-    assert model.train_rows == 16
+def test_pca_model_and_csv_invoked_directly_on_stored_features(context, stored):
+    """Asset unit tests on the stored features: PCA is fitted on the Training rows only, k within
+    max_k (this context's 20), and the CSV projects every row with k components."""
+    model = pca_model(context, PcaConfig(), stored["image_features"]).value
+    assert model.train_rows == 8 * 4
     assert 1 <= model.k <= 20
     assert model.components.shape == (FEATURE_DIM, model.k)
-
-
-def test_pca_features_csv_projects_every_row(stages):
-    table = stages["csv"].value
-    assert isinstance(table, CsvTable) and table.k == stages["pca"].value.k
+    table = pca_features_csv(context, stored["image_features"], model).value
+    assert isinstance(table, CsvTable) and table.k == model.k
     rows = table.frame.collect()
-    assert len(rows) == 32 and all(len(r.pcs) == table.k for r in rows)
+    assert len(rows) == IMAGES and all(len(r.pcs) == table.k for r in rows)
 
 
-def test_bad_settings_fail_with_one_clear_message(context, stages, tmp_path):
+def test_stored_csv_has_every_row(stored):
+    table = stored["pca_features_csv"]
+    assert len(table) == IMAGES and len(table.columns) == 3 + stored["pca_model"].k
+
+
+def test_bad_settings_fail_with_one_clear_message(context, stored, tmp_path):
     with (
         asset_context(output_root=str(tmp_path), images_root=str(tmp_path / "missing")) as bad,
         pytest.raises(dg.Failure, match="does not exist or is empty"),
@@ -108,9 +107,9 @@ def test_bad_settings_fail_with_one_clear_message(context, stages, tmp_path):
         ({"pca_max_k": 0}, "max k"),
     ):
         with asset_context(output_root=str(tmp_path), **settings) as bad, pytest.raises(dg.Failure, match=message):
-            pca_model(bad, PcaConfig(), stages["features_frame"])
+            pca_model(bad, PcaConfig(), stored["image_features"])
     with pytest.raises(dg.Failure, match="No valid image in the 'Training' split"):
-        pca_model(context, PcaConfig(), stages["features_frame"].where("split = 'Test'"))
+        pca_model(context, PcaConfig(), stored["image_features"].where("split = 'Test'"))
 
 
 def test_a_vector_that_is_not_1280_finite_numbers_is_bad(spark):

@@ -13,12 +13,20 @@ from fruits_assets.errors import FruitsConfigError
 from fruits_assets.featurize import LiteRTFeatures, feature_model, load_model, resolve_weights
 from fruits_assets.storage import Storage
 
+pytestmark = pytest.mark.spark  # TensorFlow
+
 
 def test_random_weights_are_seeded_and_flagged_as_not_meaningful():
-    first = resolve_weights("random", 96, Storage())
-    second = resolve_weights("random", 96, Storage())
-    assert first.sha256 == second.sha256
-    assert not first.meaningful
+    """The same weights every time (so their identity can name them without making them), one
+    identity per size, and flagged as meaningless."""
+    from fruits_assets.featurize import random_model
+
+    first, second = random_model(96).get_weights(), random_model(96).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    weights = resolve_weights("random", 96, Storage())
+    assert weights.sha256 == resolve_weights("random", 96, Storage()).sha256
+    assert weights.sha256 != resolve_weights("random", 128, Storage()).sha256
+    assert not weights.meaningful
 
 
 def test_imagenet_offline_gives_one_clear_error():

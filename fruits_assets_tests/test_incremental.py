@@ -51,11 +51,15 @@ def images(tmp_path):
     return generate_sample(tmp_path / "images", 4, 2)  # 48 images
 
 
-def test_a_second_run_computes_only_what_changed_and_equals_a_run_from_scratch(spark, images, tmp_path):
-    out = tmp_path / "out"
-    first = materialize(out, run_config(images))
-    assert first.success
-    assert metadata_of(first, "image_features")["computed"] == 48
+def test_a_first_run_computes_everything(materialized_sample):
+    _, _, first = materialized_sample
+    for asset in ("raw_images", "preprocessed_images", "image_features"):
+        meta = metadata_of(first, asset)
+        assert (meta["computed"], meta["reused"], meta["removed"]) == (48, 0, 0), asset
+
+
+def test_a_second_run_computes_only_what_changed_and_equals_a_run_from_scratch(spark, materialized, tmp_path):
+    images, out = materialized  # a first run of the sample's 48 images
 
     add_class(images, "Kiwi Gold 1", 3)  # 3 new
     changed = sorted((images / "Training" / "Apple Red 1").glob("*.jpg"))[:2]  # 2 changed
@@ -84,9 +88,8 @@ def test_a_second_run_computes_only_what_changed_and_equals_a_run_from_scratch(s
     np.testing.assert_allclose(incremental[pcs].to_numpy(), fresh[pcs].to_numpy(), atol=1e-4)
 
 
-def test_a_setting_that_changes_outputs_recomputes_everything(spark, images, tmp_path):
-    out = tmp_path / "out"
-    assert materialize(out, run_config(images, image_size=96)).success
+def test_a_setting_that_changes_outputs_recomputes_everything(spark, materialized):
+    images, out = materialized  # a first run at 96 px
     bigger = materialize(out, run_config(images, image_size=128))
     assert bigger.success
     for asset in ("preprocessed_images", "image_features"):
@@ -96,10 +99,9 @@ def test_a_setting_that_changes_outputs_recomputes_everything(spark, images, tmp
 
 
 def test_an_interrupted_run_keeps_the_last_version_and_the_next_run_computes_only_what_is_missing(
-    spark, images, tmp_path
+    spark, materialized, tmp_path
 ):
-    out = tmp_path / "out"
-    assert materialize(out, run_config(images)).success
+    images, out = materialized
     before = io_manager(out).current(dg.AssetKey("image_features"))
     add_class(images, "Kiwi Gold 1", 4)
     # A run that fails in image_features (its weights file is not MobileNetV2's).
@@ -162,7 +164,7 @@ def test_the_sensor_watches_a_bucket(images, monkeypatch, s3_bucket, moto_server
 def version_files(out, asset: str) -> tuple[list[Path], list[Path]]:
     """(the current version's own Parquet files, the files of earlier versions it includes)."""
     manifest = json.loads((out / asset / "_CURRENT.json").read_text())
-    own = sorted(Path(manifest["location"]).glob("part-*.parquet"))
+    own = sorted((out / asset / manifest["version"]).glob("part-*.parquet"))
     return own, [out / asset / relative for relative in manifest.get("inherits", [])]
 
 
@@ -299,7 +301,7 @@ def test_reading_a_version_of_many_files_runs_no_spark_job(spark, tmp_path):
     manifest = {
         "format": "parquet",
         "asset": "asset",
-        "location": str(asset / "v-2"),
+        "version": "v-2",
         "inherits": old,
         "excludes": [],
         "schema": spark.read.parquet(str(asset / "v-2")).schema.jsonValue(),

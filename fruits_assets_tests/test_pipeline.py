@@ -27,8 +27,10 @@ def read_csv(output_root):
         return list(csv.reader(f))
 
 
-def test_all_assets_materialize_on_the_synthetic_sample(spark, sample_root, tmp_path):
-    result = materialize(tmp_path, run_config(sample_root, "random", 96))
+def test_all_assets_materialize_on_the_synthetic_sample(materialized_sample, sample_root):
+    """The whole graph in one run (the session's materialized sample): every asset, check and
+    stored output."""
+    _, tmp_path, result = materialized_sample
     assert result.success
     images = 8 * (4 + 2)
     assert metadata_of(result, "raw_images")["images"] == images

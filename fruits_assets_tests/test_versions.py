@@ -28,7 +28,7 @@ def store(request, tmp_path) -> VersionStore:
 def write(store: VersionStore, asset: str, run_id: str, value: str) -> str:
     version, uri = store.new_version(asset, run_id)
     store.storage.write_bytes(f"{uri}/value.json", json.dumps(value).encode())
-    store.stage(asset, run_id, {"format": "json", "location": uri, "version": version})
+    store.stage(asset, run_id, {"format": "json", "version": version})
     return version
 
 
@@ -69,7 +69,7 @@ def test_cleanup_keeps_the_versions_whose_files_a_kept_version_includes(store):
     def publish(run: str, inherits: list[str]) -> str:
         version, uri = store.new_version("features", run)
         store.storage.write_bytes(f"{uri}/part-0.parquet", b"rows")
-        store.stage("features", run, {"format": "parquet", "location": uri, "version": version, "inherits": inherits})
+        store.stage("features", run, {"format": "parquet", "version": version, "inherits": inherits})
         store.publish("features", run, because="test")
         return version
 
