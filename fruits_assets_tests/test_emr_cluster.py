@@ -224,6 +224,43 @@ def test_launcher_stages_under_the_prefix_by_default(monkeypatch):
     assert values["STAGING_PREFIX"] == "team-a/emr-staging"
 
 
+def test_launcher_ships_only_what_the_cluster_must_see(monkeypatch):
+    """The steps get the run's settings as their run config, without the host-only ones: the
+    host's S3 endpoint (e.g. a VPC endpoint or a local server only the host reaches) would break
+    every step, and the launcher's own knobs mean nothing there. Left out, a setting takes its
+    default on the cluster, whose environment has no FRUITS_* variable."""
+    from fruits_assets.emr_launcher import FruitsEmrStepLauncher
+    from fruits_assets.settings import FruitsSettings
+
+    for name in [f.json_schema_extra["env"] for f in FruitsSettings.model_fields.values()]:
+        monkeypatch.delenv(name, raising=False)
+    host = FruitsSettings(
+        deployment="emr",
+        s3_bucket="b",
+        s3_prefix="team-a",
+        emr_cluster_id="j-X",
+        kms_key_id="k-1",
+        image_size=96,
+        s3_endpoint_url="http://127.0.0.1:9000",
+        emr_poll_seconds=2.0,
+        emr_wait_for_logs=True,
+        spark_master="local[2]",
+        output_root="/home/someone/fruits_output",
+    )
+    shipped = FruitsEmrStepLauncher(host).settings_config["config"]
+    host_only = {"s3_endpoint_url", "emr_poll_seconds", "emr_wait_for_logs", "spark_master", "output_root"}
+    assert FruitsSettings.host_only_fields() == host_only
+    assert set(shipped) == set(FruitsSettings.model_fields) - host_only
+    # What a run computes, and where it stores, travels: the step computes what the host planned.
+    resolved = host.resolved()
+    assert all(shipped[name] == getattr(resolved, name) for name in shipped)
+    assert {"aws_region", "s3_bucket", "s3_prefix", "kms_key_id", "deployment", "image_size"} <= set(shipped)
+    # On the cluster (no FRUITS_* variable), the step's settings resolve and validate, and boto3
+    # takes AWS's endpoint.
+    on_cluster = FruitsSettings(**shipped).resolve({})
+    assert on_cluster.s3_endpoint_url == "" and on_cluster.image_size == 96 and on_cluster.kms_key_id == "k-1"
+
+
 def test_placeholders_must_all_be_filled(resources):
     with pytest.raises(FruitsConfigError, match="--bucket"):
         emr_cli.build_run_job_flow_request(resources.cluster, "", "fruits")
