@@ -127,3 +127,73 @@ def test_the_service_role_launches_and_tags_only_tagged_resources():
                 re.search(r":(image|key-pair|capacity-reservation|fleet|network-interface)/", r)
                 for r in as_list(statement["Resource"])
             ), statement["Sid"]
+
+
+# -- the bucket policy, evaluated for the requests people and tools really send -------------------
+def _matches(pattern: str, value: str) -> bool:
+    """IAM's wildcards in Action/Resource and *Like conditions: `*` any run, `?` one character."""
+    return re.fullmatch(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), value) is not None
+
+
+def _condition_holds(operator: str, key: str, wanted, context: dict) -> bool:
+    """The condition operators the bucket policy uses, as IAM evaluates them (a key absent from
+    the request fails every operator but Null). An unknown operator fails the test, so a new
+    statement cannot slip past this evaluator."""
+    wanted = as_list(wanted)
+    present = key in context
+    if operator == "Null":
+        return str(not present).lower() in [str(w).lower() for w in wanted]
+    if not present:  # IAM User Guide, "Condition operators": a negated operator then holds
+        return operator.endswith("IfExists") or "Not" in operator
+    value = context[key]
+    if operator == "Bool":
+        return str(value).lower() in [str(w).lower() for w in wanted]
+    if operator == "StringEquals":
+        return value in wanted
+    if operator == "StringNotEquals":
+        return value not in wanted
+    if operator == "ArnNotLike":
+        return not any(_matches(w, value) for w in wanted)
+    raise AssertionError(f"the test's evaluator does not know the condition operator {operator}")
+
+
+def denied_by(policy: str, action: str, resource: str, context: dict) -> list[str]:
+    """The Sids of `policy`'s Deny statements that apply to the request (Principal "*" only)."""
+    found = []
+    for statement in statements(policy, "Deny"):
+        assert statement["Principal"] == "*", statement["Sid"]
+        if not any(_matches(a, action) for a in as_list(statement["Action"])):
+            continue
+        if "Resource" in statement and not any(_matches(r, resource) for r in as_list(statement["Resource"])):
+            continue
+        if "NotResource" in statement and any(_matches(r, resource) for r in as_list(statement["NotResource"])):
+            continue
+        conditions = statement.get("Condition", {})
+        if all(
+            _condition_holds(operator, key, wanted, context)
+            for operator, pairs in conditions.items()
+            for key, wanted in pairs.items()
+        ):
+            found.append(statement["Sid"])
+    return found
+
+
+def test_plain_aws_s3_sync_of_the_photos_and_weights_is_not_denied():
+    """`aws s3 sync` / `aws s3 cp` (README: 'Upload the photos and the weights') send no
+    x-amz-server-side-encryption header unless given --sse. S3 encrypts every new object with
+    SSE-S3 anyway (since 2023-01-05; here also the bucket's default encryption), so the bucket
+    policy must not deny such a PUT from an administrator: the uploads would fail with 403."""
+    user = {"aws:SecureTransport": "true", "aws:PrincipalArn": "arn:aws:iam::111122223333:user/data-scientist"}
+    for key in ("fruits/images/Training/Apple Red 1/0_100.jpg", "fruits/models/mobilenet_v2.weights.h5"):
+        resource = f"arn:aws:s3:::fruits-data/{key}"
+        assert denied_by("s3_bucket_policy.json", "s3:PutObject", resource, user) == [], key
+        with_sse = {**user, "s3:x-amz-server-side-encryption": "AES256"}
+        assert denied_by("s3_bucket_policy.json", "s3:PutObject", resource, with_sse) == [], key
+    # What the policy still refuses: plain HTTP, and an encryption header other than S3's or KMS's.
+    resource = "arn:aws:s3:::fruits-data/fruits/images/a.jpg"
+    assert denied_by("s3_bucket_policy.json", "s3:GetObject", resource, {**user, "aws:SecureTransport": "false"})
+    foreign = {**user, "s3:x-amz-server-side-encryption": "something-else"}
+    assert denied_by("s3_bucket_policy.json", "s3:PutObject", resource, foreign)
+    # And every object lands encrypted: the bucket's default encryption is SSE-S3.
+    rule = document("bucket_encryption.json")["Rules"][0]["ApplyServerSideEncryptionByDefault"]
+    assert rule["SSEAlgorithm"] == "AES256"
