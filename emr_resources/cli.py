@@ -446,6 +446,69 @@ def ensure_security_configuration(emr, name: str, document: dict) -> bool:
     return True
 
 
+# The tag AmazonEMRServicePolicy_v2 (and iam/emr_service_role_policy.json, which follows it)
+# requires on the network EMR uses: it launches instances only into subnets and security groups
+# that carry it, and creates its default security groups only in a VPC that carries it ("You must
+# manually tag a VPC if you want Amazon EMR to create default security groups": EMR Management
+# Guide, "Tagging resources to use managed policies",
+# https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-managed-iam-policies.html).
+EMR_NETWORK_TAG = ("for-use-with-amazon-emr-managed-policies", "true")
+# The security groups EMR creates and reuses by name in a VPC (an existing one must be tagged too).
+EMR_DEFAULT_SECURITY_GROUPS = ("ElasticMapReduce-master", "ElasticMapReduce-slave", "ElasticMapReduce-ServiceAccess")
+
+
+def _has_emr_tag(resource: dict) -> bool:
+    key, value = EMR_NETWORK_TAG
+    return any(tag["Key"] == key and tag["Value"] == value for tag in resource.get("Tags") or [])
+
+
+def check_network_tags(ec2, region: str, subnet_ids: list[str] | None) -> str:
+    """Fail, naming the one `aws ec2 create-tags` command to run, unless the VPC, the subnets and
+    any existing EMR security group EMR will use carry EMR_NETWORK_TAG; else describe them.
+
+    Without subnets EMR picks one of the default VPC ("If EC2-Classic is not supported, and no
+    Subnet is specified, Amazon EMR chooses the subnet for you": EMR API, Ec2InstanceAttributes),
+    so the default VPC and every one of its default subnets are checked."""
+    if subnet_ids:
+        subnets = ec2.describe_subnets(SubnetIds=list(subnet_ids))["Subnets"]
+        vpc_ids = sorted({subnet["VpcId"] for subnet in subnets})
+        where = "the VPC of --subnet-id"
+    else:
+        defaults = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        if not defaults:
+            raise FruitsConfigError(
+                f"No --subnet-id and no default VPC in {region}: pass --subnet-id (repeatable) with "
+                "subnets of a VPC tagged for EMR (README: 'Run on AWS EMR', step 1)."
+            )
+        vpc_ids = [defaults[0]["VpcId"]]
+        subnets = ec2.describe_subnets(
+            Filters=[{"Name": "vpc-id", "Values": vpc_ids}, {"Name": "default-for-az", "Values": ["true"]}]
+        )["Subnets"]
+        where = "the default VPC (no --subnet-id: EMR picks one of its default subnets)"
+    vpcs = ec2.describe_vpcs(VpcIds=vpc_ids)["Vpcs"]
+    groups = ec2.describe_security_groups(
+        Filters=[
+            {"Name": "vpc-id", "Values": vpc_ids},
+            {"Name": "group-name", "Values": list(EMR_DEFAULT_SECURITY_GROUPS)},
+        ]
+    )["SecurityGroups"]
+    untagged = [
+        *sorted(vpc["VpcId"] for vpc in vpcs if not _has_emr_tag(vpc)),
+        *sorted(subnet["SubnetId"] for subnet in subnets if not _has_emr_tag(subnet)),
+        *sorted(group["GroupId"] for group in groups if not _has_emr_tag(group)),
+    ]
+    key, value = EMR_NETWORK_TAG
+    if untagged:
+        raise FruitsConfigError(
+            f"EMR's service role launches clusters only into a VPC, subnets and EMR security groups "
+            f"tagged {key}={value} (AmazonEMRServicePolicy_v2; the VPC too, or EMR cannot create its "
+            f"default security groups). Not tagged, in {where}: {', '.join(untagged)}. Tag them once: "
+            f"aws ec2 create-tags --region {region} --resources {' '.join(untagged)} --tags Key={key},Value={value}"
+        )
+    names = [*sorted(vpc["VpcId"] for vpc in vpcs), *sorted(subnet["SubnetId"] for subnet in subnets)]
+    return f"{', '.join(names)}{f' and {len(groups)} EMR security group(s)' if groups else ''}, tagged {key}={value}"
+
+
 def wait_until_ready(emr, cluster_id: str, timeout_seconds: float, poll_seconds: float = 30.0) -> str:
     deadline = time.monotonic() + timeout_seconds
     while True:
@@ -497,6 +560,9 @@ def cmd_create(args, out=None) -> str:
         s3_kms=args.s3_kms,
         tls_certificates_uri=args.tls_certificates,
     )
+    # Before anything is uploaded or started: EMR would otherwise fail minutes later, or never start.
+    network = check_network_tags(_client("ec2", region), region, args.subnet_id)
+    print(f"network: {network}", file=out)
     # The bootstrap files go to S3 server-side encrypted, like every object this project writes.
     storage = Storage(region_name=region, kms_key_id=kms_key_id if args.s3_kms else None)
     values = placeholder_values(bucket, prefix, region)
@@ -635,7 +701,13 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--name", help="cluster name (default: cluster.yaml's)")
     create.add_argument("--service-role", help="EMR service role name (default: cluster.yaml's)")
     create.add_argument("--job-flow-role", help="EC2 instance profile name (default: cluster.yaml's)")
-    create.add_argument("--subnet-id", action="append", help="EC2 subnet id (repeatable)")
+    create.add_argument(
+        "--subnet-id",
+        action="append",
+        help="EC2 subnet id (repeatable; default: EMR picks one of the default VPC). The subnets, their VPC and "
+        "any ElasticMapReduce-* security group must be tagged for-use-with-amazon-emr-managed-policies=true "
+        "(checked)",
+    )
     create.add_argument("--ec2-key-name", help="EC2 key pair for SSH to the master (optional)")
     create.add_argument("--kms-key-id", help="KMS key for local disks (default FRUITS_KMS_KEY_ID)")
     create.add_argument("--s3-kms", action="store_true", help="EMRFS writes with SSE-KMS (that key) instead of SSE-S3")

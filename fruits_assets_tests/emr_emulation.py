@@ -106,6 +106,21 @@ def cluster_python() -> Path:
     return python
 
 
+def tag_default_network_for_emr(region: str) -> None:
+    """Tag the account's default VPC, its default subnets and any EMR security group there with
+    for-use-with-amazon-emr-managed-policies=true, as an administrator does once (README, 'Run on
+    AWS EMR', step 1) so that `fruits-emr create` without --subnet-id passes its network check."""
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name=region)  # AWS_ENDPOINT_URL: the moto server
+    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    in_vpc = [{"Name": "vpc-id", "Values": [vpc["VpcId"]]}]
+    subnets = ec2.describe_subnets(Filters=[*in_vpc, {"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
+    groups = ec2.describe_security_groups(Filters=[*in_vpc, {"Name": "group-name", "Values": ["ElasticMapReduce-*"]}])
+    resources = [vpc["VpcId"], *(s["SubnetId"] for s in subnets), *(g["GroupId"] for g in groups["SecurityGroups"])]
+    ec2.create_tags(Resources=resources, Tags=[{"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}])
+
+
 def s3a_jars() -> list[Path]:
     """hadoop-aws + AWS SDK bundle jars, taken from the sagemaker-pyspark source archive."""
     folder = CACHE / "s3a-jars"

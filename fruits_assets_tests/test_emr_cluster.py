@@ -19,6 +19,7 @@ import pytest
 
 from emr_resources import cli as emr_cli
 from fruits_assets.errors import FruitsConfigError
+from fruits_assets_tests.emr_emulation import tag_default_network_for_emr
 
 RESOURCES = Path(__file__).resolve().parents[1] / "emr_resources"
 KMS_KEY = "1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -41,6 +42,29 @@ def cli_env(monkeypatch):
     monkeypatch.setenv("FRUITS_KMS_KEY_ID", KMS_KEY)
 
 
+EMR_TAG = {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}
+
+
+@pytest.fixture
+def ec2(moto_server):
+    return boto3.client("ec2", region_name="eu-west-1")
+
+
+@pytest.fixture
+def emr_network(ec2):
+    """The default VPC, its default subnets and any EMR security group tagged for EMR, as README
+    step 1 has an administrator do (moto's server keeps them for the whole session)."""
+    tag_default_network_for_emr("eu-west-1")
+
+
+def default_network(ec2) -> tuple[str, list[str]]:
+    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    subnets = ec2.describe_subnets(
+        Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}, {"Name": "default-for-az", "Values": ["true"]}]
+    )["Subnets"]
+    return vpc["VpcId"], sorted(s["SubnetId"] for s in subnets)
+
+
 def create_cluster(bucket: str, capsys) -> str:
     assert emr_cli.main(["create", "--bucket", bucket, "--wait", "--poll-seconds", "0.05", "--timeout", "30"]) == 0
     out = capsys.readouterr().out
@@ -49,7 +73,9 @@ def create_cluster(bucket: str, capsys) -> str:
     return match.group(1)
 
 
-def test_create_makes_the_configured_cluster(moto_server, s3_bucket, emr, cli_env, resources, capsys, monkeypatch):
+def test_create_makes_the_configured_cluster(
+    moto_server, s3_bucket, emr, cli_env, emr_network, resources, capsys, monkeypatch
+):
     sent = {}
     real_client = emr_cli._client
 
@@ -124,7 +150,60 @@ def test_create_makes_the_configured_cluster(moto_server, s3_bucket, emr, cli_en
         assert all(t in resources.prices["instance_types"] for t in types), "a type has no price"
 
 
-def test_terminate_ends_the_cluster(moto_server, s3_bucket, emr, cli_env, capsys):
+def create_tags_command(*resource_ids: str) -> str:
+    return (
+        f"aws ec2 create-tags --region eu-west-1 --resources {' '.join(resource_ids)} "
+        "--tags Key=for-use-with-amazon-emr-managed-policies,Value=true"
+    )
+
+
+def test_create_refuses_an_untagged_vpc_and_says_the_command(moto_server, s3_bucket, emr, ec2, cli_env, capsys):
+    """AmazonEMRServicePolicy_v2 (and iam/emr_service_role_policy.json) lets EMR launch only into
+    subnets, and create its default security groups only in a VPC, tagged
+    for-use-with-amazon-emr-managed-policies=true ("You must manually tag a VPC if you want Amazon
+    EMR to create default security groups"). Tagging the subnets alone is not enough: `create`
+    checks the VPC too, before anything is uploaded or started, and says the one command to run."""
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.20.1.0/24")["Subnet"]["SubnetId"]
+    before = emr.list_clusters()["Clusters"]
+    create = ["create", "--bucket", s3_bucket, "--subnet-id", subnet]
+
+    assert emr_cli.main(create) == 2
+    assert create_tags_command(vpc, subnet) in capsys.readouterr().err
+    ec2.create_tags(Resources=[subnet], Tags=[EMR_TAG])  # the subnets only, as the README said
+    assert emr_cli.main(create) == 2
+    err = capsys.readouterr().err
+    assert create_tags_command(vpc) in err and "VPC" in err
+    # An EMR security group left from an earlier cluster must carry the tag as well.
+    group = ec2.create_security_group(GroupName="ElasticMapReduce-master", Description="old", VpcId=vpc)["GroupId"]
+    ec2.create_tags(Resources=[vpc], Tags=[EMR_TAG])
+    assert emr_cli.main(create) == 2
+    assert create_tags_command(group) in capsys.readouterr().err
+    assert emr.list_clusters()["Clusters"] == before, "nothing is started on an untagged network"
+    assert not boto3.client("s3", region_name="eu-west-1").list_objects_v2(Bucket=s3_bucket).get("Contents")
+
+    ec2.create_tags(Resources=[group], Tags=[EMR_TAG])
+    assert emr_cli.main(create) == 0
+    out = capsys.readouterr().out
+    assert f"network: {vpc}" in out and "export FRUITS_EMR_CLUSTER_ID=" in out
+
+
+def test_create_without_a_subnet_checks_the_default_vpc(moto_server, s3_bucket, emr, ec2, cli_env, capsys):
+    """Without --subnet-id, EMR picks a subnet of the default VPC ("If EC2-Classic is not
+    supported, and no Subnet is specified, Amazon EMR chooses the subnet for you": EMR API,
+    Ec2InstanceAttributes): that VPC and each of its default subnets must carry the tag."""
+    vpc, subnets = default_network(ec2)
+    ec2.delete_tags(Resources=[vpc, *subnets], Tags=[{"Key": EMR_TAG["Key"]}])
+    try:
+        assert emr_cli.main(["create", "--bucket", s3_bucket]) == 2
+        err = capsys.readouterr().err
+        assert create_tags_command(vpc, *subnets) in err and "default VPC" in err
+    finally:
+        tag_default_network_for_emr("eu-west-1")
+    assert emr_cli.main(["create", "--bucket", s3_bucket]) == 0
+
+
+def test_terminate_ends_the_cluster(moto_server, s3_bucket, emr, cli_env, emr_network, capsys):
     cluster_id = create_cluster(s3_bucket, capsys)
     assert emr_cli.main(["terminate", "--cluster-id", cluster_id]) == 0
     assert emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"] in ("TERMINATING", "TERMINATED")
