@@ -262,6 +262,20 @@ def build_run_job_flow_request(
     }
 
 
+# EMR on EC2 makes no TLS certificates of its own, emr-7.9.0 included: in-transit encryption
+# takes either a zip of PEM files on S3 (CertificateProviderType "PEM", S3Object) or a custom
+# certificate-provider JAR (CertificateProviderType "Custom", S3Object, CertificateProviderClass).
+# AWS warns that a self-signed certificate is a proof of concept only: use a trusted CA.
+IN_TRANSIT_CERTIFICATES_SOURCE = (
+    "https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-encryption-enable.html#emr-encryption-certificates"
+)
+
+
+def _s3_uri(location: str) -> str:
+    """`arn:aws:s3:::bucket/key` (allowed for S3Object) as `s3://bucket/key`; s3:// as is."""
+    return "s3://" + location.removeprefix("arn:aws:s3:::") if location.startswith("arn:aws:s3:::") else location
+
+
 def build_security_configuration(
     template: dict,
     region: str,
@@ -273,7 +287,8 @@ def build_security_configuration(
 ) -> dict:
     """The security configuration document: at-rest encryption always (local disks with the KMS
     key; S3 with SSE-S3, or SSE-KMS when `s3_kms`); in-transit encryption only when a PEM
-    certificates zip on S3 is given (EMR cannot make one up). Pure."""
+    certificates zip on S3 is given (EMR on EC2 makes no certificates: IN_TRANSIT_CERTIFICATES_SOURCE).
+    Pure."""
     if not kms_key_id:
         raise FruitsConfigError(
             "Local-disk encryption needs a KMS key: set FRUITS_KMS_KEY_ID (key id or ARN, in "
@@ -290,8 +305,11 @@ def build_security_configuration(
             "AwsKmsKey": encryption["AtRestEncryptionConfiguration"]["LocalDiskEncryptionConfiguration"]["AwsKmsKey"],
         }
     if tls_certificates_uri:
-        if not tls_certificates_uri.startswith("s3://"):
-            raise FruitsConfigError(f"--tls-certificates {tls_certificates_uri!r} must be an s3:// URI of a PEM zip.")
+        if not _s3_uri(tls_certificates_uri).startswith("s3://"):
+            raise FruitsConfigError(
+                f"--tls-certificates {tls_certificates_uri!r} must be an s3:// URI (or arn:aws:s3::: ARN) of a PEM "
+                "zip: privateKey.pem, certificateChain.pem and, unless a public CA signed it, trustedCertificates.pem."
+            )
         encryption["EnableInTransitEncryption"] = True
         encryption["InTransitEncryptionConfiguration"] = {
             "TLSCertificateConfiguration": {
@@ -432,18 +450,40 @@ def _cluster_id(args) -> str:
 def ensure_security_configuration(emr, name: str, document: dict) -> bool:
     """Create the security configuration unless one of that name exists; True if created.
 
-    An existing one is kept as is (EMR cannot update them; delete it to change it).
+    An existing one is kept if it says the same (EMR cannot update them); one that says something
+    else (e.g. no in-transit encryption, where --tls-certificates now asks for it) is an error
+    naming the command that deletes it, never a cluster silently started with the old settings.
     """
     from botocore.exceptions import ClientError
 
     try:
-        emr.describe_security_configuration(Name=name)
-        return False
+        existing = emr.describe_security_configuration(Name=name)
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") not in ("InvalidRequestException", "ResourceNotFoundException"):
             raise
+    else:
+        if json.loads(existing["SecurityConfiguration"]) != document:
+            raise FruitsConfigError(
+                f"The security configuration {name!r} exists with other settings than these (in-transit "
+                "encryption, the KMS key, --s3-kms), and EMR cannot update one. Delete it, then create again: "
+                f"aws emr delete-security-configuration --name {name}"
+            )
+        return False
     emr.create_security_configuration(Name=name, SecurityConfiguration=json.dumps(document))
     return True
+
+
+def in_transit_summary(document: dict) -> str:
+    """One line on the security configuration's in-transit encryption, and why when it is off."""
+    encryption = document["EncryptionConfiguration"]
+    if encryption.get("EnableInTransitEncryption"):
+        tls = encryption["InTransitEncryptionConfiguration"]["TLSCertificateConfiguration"]
+        return f"in-transit encryption: ON ({tls['CertificateProviderType']} certificates {tls['S3Object']})"
+    return (
+        "in-transit encryption: OFF (EMR on EC2 makes no TLS certificates itself; it takes a PEM zip on S3 or a "
+        f"certificate-provider JAR: {IN_TRANSIT_CERTIFICATES_SOURCE}). To turn it on, pass --tls-certificates "
+        "s3://<bucket>/<prefix>/tls/certs.zip (README: 'Run on AWS EMR')"
+    )
 
 
 # The tag AmazonEMRServicePolicy_v2 (and iam/emr_service_role_policy.json, which follows it)
@@ -538,7 +578,14 @@ def cmd_create(args, out=None) -> str:
     settings = _settings(args)
     bucket, prefix, kms_key_id = settings.s3_bucket, settings.s3_prefix, settings.kms_key_id
     # The step launcher stages under FRUITS_EMR_STAGING_PREFIX: it must be inside the prefix.
-    placeholder_values(bucket, prefix, region, staging_prefix=settings.emr_staging_prefix)
+    values = placeholder_values(bucket, prefix, region, staging_prefix=settings.emr_staging_prefix)
+    readable = f"s3://{bucket}/{values['PREFIX']}/"
+    if args.tls_certificates and not _s3_uri(args.tls_certificates).startswith(readable):
+        # EMR downloads the zip to every node; the nodes' instance profile reads only the prefix.
+        raise FruitsConfigError(
+            f"--tls-certificates {args.tls_certificates!r}: put the zip under {readable} (e.g. {readable}tls/certs.zip), "
+            "the only place the cluster's instance profile may read."
+        )
     account_id = _client("sts", region).get_caller_identity()["Account"]
     request = build_run_job_flow_request(
         resources.cluster,
@@ -577,6 +624,7 @@ def cmd_create(args, out=None) -> str:
         f"security configuration {request['SecurityConfiguration']}: {'created' if created else 'exists, kept'}",
         file=out,
     )
+    print(in_transit_summary(security), file=out)
     cluster_id = emr.run_job_flow(**request)["JobFlowId"]
     print(f"cluster {cluster_id} ({request['ReleaseLabel']}) starting in {region}", file=out)
     if args.wait:
@@ -711,7 +759,11 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--ec2-key-name", help="EC2 key pair for SSH to the master (optional)")
     create.add_argument("--kms-key-id", help="KMS key for local disks (default FRUITS_KMS_KEY_ID)")
     create.add_argument("--s3-kms", action="store_true", help="EMRFS writes with SSE-KMS (that key) instead of SSE-S3")
-    create.add_argument("--tls-certificates", help="s3:// URI of a PEM zip: enables in-transit encryption")
+    create.add_argument(
+        "--tls-certificates",
+        help="s3:// URI, under the prefix, of a PEM zip (privateKey.pem, certificateChain.pem, trustedCertificates.pem):"
+        " enables in-transit encryption (EMR makes no certificates itself)",
+    )
     create.add_argument("--pip-index-url", help="PyPI mirror for the bootstrap (nodes without internet access)")
     create.add_argument("--wait", action="store_true", help="wait until the cluster is WAITING")
     create.add_argument("--timeout", type=float, default=1800.0, help="--wait timeout, seconds")

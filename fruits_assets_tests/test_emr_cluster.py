@@ -244,6 +244,44 @@ def test_in_transit_encryption_only_with_certificates(resources):
     tls = with_certs["EncryptionConfiguration"]["InTransitEncryptionConfiguration"]["TLSCertificateConfiguration"]
     assert with_certs["EncryptionConfiguration"]["EnableInTransitEncryption"] is True
     assert tls == {"CertificateProviderType": "PEM", "S3Object": certs}
+    # The ARN form the security-configuration reference allows for S3Object works too.
+    arn = emr_cli.build_security_configuration(
+        resources.security_configuration,
+        "eu-west-1",
+        "111122223333",
+        KMS_KEY,
+        tls_certificates_uri="arn:aws:s3:::b/c.zip",
+    )
+    assert arn["EncryptionConfiguration"]["InTransitEncryptionConfiguration"]["TLSCertificateConfiguration"] == {
+        "CertificateProviderType": "PEM",
+        "S3Object": "arn:aws:s3:::b/c.zip",
+    }
+
+
+def test_create_says_why_in_transit_encryption_is_off(moto_server, s3_bucket, emr, cli_env, emr_network, capsys):
+    """EMR on EC2 (emr-7.9.0 included) makes no TLS certificates itself: in-transit encryption
+    takes a PEM zip on S3 or a custom certificate-provider JAR (EMR Management Guide, "Providing
+    certificates for encrypting data in transit with Amazon EMR encryption"). Without
+    --tls-certificates it stays off, and `create` says so, why, and what to pass; the zip must
+    lie under the prefix, the only place the nodes may read."""
+    assert emr_cli.main(["create", "--bucket", s3_bucket]) == 0
+    out = capsys.readouterr().out
+    [line] = [line for line in out.splitlines() if line.startswith("in-transit encryption:")]
+    assert "OFF" in line and "--tls-certificates" in line and emr_cli.IN_TRANSIT_CERTIFICATES_SOURCE in line
+    outside = "s3://somewhere-else/certs.zip"
+    assert emr_cli.main(["create", "--bucket", s3_bucket, "--tls-certificates", outside]) == 2
+    assert f"s3://{s3_bucket}/fruits/" in capsys.readouterr().err
+    # The security configuration without TLS exists now: EMR cannot update it, so `create` says
+    # to delete it rather than start a cluster silently without in-transit encryption.
+    inside = f"s3://{s3_bucket}/fruits/tls/certs.zip"
+    assert emr_cli.main(["create", "--bucket", s3_bucket, "--tls-certificates", inside]) == 2
+    assert "aws emr delete-security-configuration --name fruits-emr-security" in capsys.readouterr().err
+    emr.delete_security_configuration(Name="fruits-emr-security")
+    try:
+        assert emr_cli.main(["create", "--bucket", s3_bucket, "--tls-certificates", inside]) == 0
+        assert f"in-transit encryption: ON (PEM certificates {inside})" in capsys.readouterr().out
+    finally:  # the other tests' clusters (and the emulation's) use the one without TLS
+        emr.delete_security_configuration(Name="fruits-emr-security")
 
 
 def test_cost_is_computed_from_prices_json(resources, capsys, monkeypatch):
