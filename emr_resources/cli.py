@@ -1,7 +1,7 @@
 """`fruits-emr`: create, inspect, terminate and price the Fruits! EMR cluster (eu-west-1).
 
 Reads this package's files (cluster.yaml, security_configuration.json, bootstrap.sh,
-requirements.txt, prices.json, iam/, s3_bucket_policy.json) as package data. Settings (bucket,
+requirements.lock, prices.json, iam/, s3_bucket_policy.json) as package data. Settings (bucket,
 prefix, region, KMS key, cluster id) come from the command line, else from the same FRUITS_*
 variables and defaults as the pipeline's (`fruits_assets.settings`). Pure functions (`load_resources`, `fill_placeholders`,
 `build_run_job_flow_request`, `build_security_configuration`, `estimate_cost`, `hours_for_images`)
@@ -13,6 +13,7 @@ made with a region only, so `AWS_ENDPOINT_URL` (a local S3/EMR server, in tests)
     fruits-emr terminate [--cluster-id j-...]
     fruits-emr cost --images 90000                  # or --hours 1.5
     fruits-emr render --bucket my-bucket --out-dir /tmp/fruits-iam   # filled IAM / bucket policies
+    fruits-emr lock                                 # requirements.txt -> requirements.lock (uv)
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import argparse
 import copy
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ from string import Template
 
 import yaml
 
+from emr_resources.lock import LOCK_NAME, read_lock, uv_compile_args
 from fruits_assets.errors import FruitsConfigError
 from fruits_assets.settings import EU_REGION, FruitsSettings, validate_region
 
@@ -84,7 +88,8 @@ class EmrResources:
     prices: dict
 
     def bootstrap_files(self) -> list[Path]:
-        """The bootstrap script, then the requirements it installs."""
+        """The bootstrap script, then the lock it installs (requirements.lock: every package,
+        pinned and hashed; `fruits-emr lock` makes it from requirements.txt)."""
         bootstrap = self.cluster["bootstrap"]
         return [self.directory / bootstrap["script"], self.directory / bootstrap["requirements"]]
 
@@ -736,6 +741,43 @@ def cmd_render(args, out=None) -> list[Path]:
     return written
 
 
+def uv_executable() -> list[str]:
+    """uv on the PATH, else the one the `uv` package of the dev extras ships."""
+    found = shutil.which("uv")
+    if found:
+        return [found]
+    try:
+        from uv import find_uv_bin
+
+        return [find_uv_bin()]
+    except (ImportError, FileNotFoundError):
+        raise FruitsConfigError(
+            "fruits-emr lock needs uv: `pip install uv` (it is in this project's dev extras), then run it again."
+        ) from None
+
+
+def cmd_lock(args, out=None) -> Path:
+    """requirements.txt -> requirements.lock (emr_resources/ of this checkout, or --resources-dir):
+    one universal resolution for CPython 3.11, every package pinned with the hashes of all its
+    wheels, so the aarch64 nodes and the x86_64 emulation install the same lock."""
+    out = out or sys.stdout
+    resources = load_resources(args.resources_dir)
+    if resources.cluster["bootstrap"]["requirements"] != LOCK_NAME:
+        raise FruitsConfigError(
+            f"cluster.yaml's bootstrap installs {resources.cluster['bootstrap']['requirements']}, not {LOCK_NAME}."
+        )
+    command = [*uv_executable(), *uv_compile_args()]
+    print(f"running in {resources.directory}: {' '.join(command)}", file=out)
+    # uv echoes the whole lock on stdout besides writing it: keep its messages (stderr) only.
+    result = subprocess.run(command, cwd=resources.directory, stdout=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise FruitsConfigError(f"uv pip compile failed (exit {result.returncode}); its message is above.")
+    lock = resources.directory / LOCK_NAME
+    entries = read_lock(lock.read_text())
+    print(f"wrote {lock}: {len(entries)} pinned packages, {sum(len(e.hashes) for e in entries)} hashes", file=out)
+    return lock
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fruits-emr", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -787,6 +829,12 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("--account-id", help="default: from STS")
     render.add_argument("--kms-key-id")
     render.add_argument("--out-dir", required=True)
+
+    sub.add_parser(
+        "lock",
+        parents=[common],
+        help="pin every package the nodes install, with hashes (requirements.txt -> requirements.lock; needs uv)",
+    )
     return root
 
 
@@ -796,6 +844,7 @@ COMMANDS = {
     "terminate": cmd_terminate,
     "cost": cmd_cost,
     "render": cmd_render,
+    "lock": cmd_lock,
 }
 
 

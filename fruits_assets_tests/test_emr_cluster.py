@@ -109,13 +109,13 @@ def test_create_makes_the_configured_cluster(
     assert by_class["spark-env"]["Configurations"][0]["Properties"]["PYSPARK_PYTHON"] == python
     assert by_class["spark-defaults"]["Properties"]["spark.pyspark.python"] == python
 
-    # The bootstrap action runs the uploaded script on the uploaded requirements, both this
-    # package's files, encrypted.
+    # The bootstrap action runs the uploaded script on the uploaded lock (every package pinned
+    # and hashed), both this package's files, encrypted.
     (action,) = emr.list_bootstrap_actions(ClusterId=cluster_id)["BootstrapActions"]
     assert action["ScriptPath"] == f"s3://{s3_bucket}/fruits/emr-bootstrap/bootstrap.sh"
-    assert action["Args"] == [f"s3://{s3_bucket}/fruits/emr-bootstrap/requirements.txt"]
+    assert action["Args"] == [f"s3://{s3_bucket}/fruits/emr-bootstrap/requirements.lock"]
     s3 = boto3.client("s3", region_name="eu-west-1")
-    for name in ("bootstrap.sh", "requirements.txt"):
+    for name in ("bootstrap.sh", "requirements.lock"):
         key = f"fruits/emr-bootstrap/{name}"
         assert s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == (RESOURCES / name).read_bytes()
         assert s3.head_object(Bucket=s3_bucket, Key=key)["ServerSideEncryption"] == "AES256"
