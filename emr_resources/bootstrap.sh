@@ -1,38 +1,40 @@
 #!/usr/bin/env bash
 # EMR bootstrap action for Fruits! (runs as hadoop on every node, before applications start).
 #
-#   bootstrap.sh <s3:// URI of requirements.txt> [<pip index URL>]
+#   bootstrap.sh <s3:// URI of requirements.lock> [<pip index URL>]
 #
-# `fruits-emr create` uploads this script and requirements.txt (this folder's) beside each other
-# and passes the requirements' URI. The second argument, optional, is a PyPI mirror for clusters
+# `fruits-emr create` uploads this script and requirements.lock (this folder's) beside each other
+# and passes the lock's URI. The second argument, optional, is a PyPI mirror for clusters
 # without internet access (e.g. an AWS CodeArtifact or a private proxy reachable from the subnet).
 #
 # EMR 7.x runs Amazon Linux 2023 with Python 3.9; dagster 1.13 needs Python >= 3.10. This installs
 # Python 3.11 from the AL2023 repositories, makes the venv /opt/fruits-venv, and installs the
-# pinned packages of requirements.txt as wheels only (the Graviton nodes take aarch64 wheels;
-# nothing is compiled). pyspark is not installed: EMR's own Spark puts its pyspark on the path of
+# lock: every package pinned, each wheel checked against its sha256 (--require-hashes), wheels only
+# (the Graviton nodes take aarch64 wheels; nothing is compiled), and no resolution on the node
+# (--no-deps: the lock is the whole set, resolved once by `fruits-emr lock`, so a Spot
+# replacement months later installs what the first node did). pyspark is not installed: EMR's own Spark puts its pyspark on the path of
 # every PySpark process. cluster.yaml points PYSPARK_PYTHON (driver and executors) at the venv.
 #
-# Idempotent: a marker names the sha256 of the requirements it installed; re-running it with the
-# same requirements only re-checks the imports. Fails loudly: any failing command fails the
+# Idempotent: a marker names the sha256 of the lock it installed; re-running it with the same
+# lock only re-checks the imports. Fails loudly: any failing command fails the
 # bootstrap action, so the cluster fails to start (TERMINATED_WITH_ERRORS, the reason in the
 # bootstrap log under the cluster's LogUri) instead of running steps on a broken Python.
 set -euo pipefail
 
-REQUIREMENTS_URI="${1:?usage: bootstrap.sh s3://bucket/prefix/emr-bootstrap/requirements.txt [pip index URL]}"
+LOCK_URI="${1:?usage: bootstrap.sh s3://bucket/prefix/emr-bootstrap/requirements.lock [pip index URL]}"
 PIP_INDEX="${2:-}"
 VENV=/opt/fruits-venv
 PYTHON_BIN=python3.11
-REQUIREMENTS=/tmp/fruits-requirements.txt
+LOCK=/tmp/fruits-requirements.lock
 
 log() { echo "[fruits-bootstrap] $*" >&2; }
 trap 'log "FAILED at line ${LINENO} (exit $?): the cluster will not start; see this log."' ERR
 
-aws s3 cp --only-show-errors "${REQUIREMENTS_URI}" "${REQUIREMENTS}"
-MARKER="${VENV}/.fruits-bootstrap-$(sha256sum "${REQUIREMENTS}" | cut -c1-16)"
+aws s3 cp --only-show-errors "${LOCK_URI}" "${LOCK}"
+MARKER="${VENV}/.fruits-bootstrap-$(sha256sum "${LOCK}" | cut -c1-16)"
 
 if [[ -f "${MARKER}" ]]; then
-  log "already bootstrapped with these requirements (${MARKER}); re-checking imports only"
+  log "already bootstrapped with this lock (${MARKER}); re-checking imports only"
 else
   if ! command -v "${PYTHON_BIN}" >/dev/null 2>&1; then
     log "installing ${PYTHON_BIN} from the Amazon Linux 2023 repositories"
@@ -53,8 +55,9 @@ else
     PIP_ARGS+=(--index-url "${PIP_INDEX}")
   fi
   "${VENV}/bin/python" -m pip install "${PIP_ARGS[@]}" --upgrade "pip>=24"
-  # Wheels only: never compile on a node (slow, and no compiler is installed).
-  "${VENV}/bin/python" -m pip install "${PIP_ARGS[@]}" --only-binary=:all: -r "${REQUIREMENTS}"
+  # The lock, hash-checked, wheels only (never compile on a node: slow, and no compiler), no
+  # resolution here. The same command builds the tests' emulated cluster (emr_emulation.py).
+  "${VENV}/bin/python" -m pip install "${PIP_ARGS[@]}" --require-hashes --only-binary=:all: --no-deps -r "${LOCK}"
 fi
 
 # Fail here, not in the first step, if anything is missing or of the wrong architecture.

@@ -1,7 +1,7 @@
 """`fruits-emr`: create, inspect, terminate and price the Fruits! EMR cluster (eu-west-1).
 
 Reads this package's files (cluster.yaml, security_configuration.json, bootstrap.sh,
-requirements.txt, prices.json, iam/, s3_bucket_policy.json) as package data. Settings (bucket,
+requirements.lock, prices.json, iam/, s3_bucket_policy.json) as package data. Settings (bucket,
 prefix, region, KMS key, cluster id) come from the command line, else from the same FRUITS_*
 variables and defaults as the pipeline's (`fruits_assets.settings`). Pure functions (`load_resources`, `fill_placeholders`,
 `build_run_job_flow_request`, `build_security_configuration`, `estimate_cost`, `hours_for_images`)
@@ -13,6 +13,7 @@ made with a region only, so `AWS_ENDPOINT_URL` (a local S3/EMR server, in tests)
     fruits-emr terminate [--cluster-id j-...]
     fruits-emr cost --images 90000                  # or --hours 1.5
     fruits-emr render --bucket my-bucket --out-dir /tmp/fruits-iam   # filled IAM / bucket policies
+    fruits-emr lock                                 # requirements.txt -> requirements.lock (uv)
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import argparse
 import copy
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ from string import Template
 
 import yaml
 
+from emr_resources.lock import LOCK_NAME, read_lock, uv_compile_args
 from fruits_assets.errors import FruitsConfigError
 from fruits_assets.settings import EU_REGION, FruitsSettings, validate_region
 
@@ -84,7 +88,8 @@ class EmrResources:
     prices: dict
 
     def bootstrap_files(self) -> list[Path]:
-        """The bootstrap script, then the requirements it installs."""
+        """The bootstrap script, then the lock it installs (requirements.lock: every package,
+        pinned and hashed; `fruits-emr lock` makes it from requirements.txt)."""
         bootstrap = self.cluster["bootstrap"]
         return [self.directory / bootstrap["script"], self.directory / bootstrap["requirements"]]
 
@@ -262,6 +267,20 @@ def build_run_job_flow_request(
     }
 
 
+# EMR on EC2 makes no TLS certificates of its own, emr-7.9.0 included: in-transit encryption
+# takes either a zip of PEM files on S3 (CertificateProviderType "PEM", S3Object) or a custom
+# certificate-provider JAR (CertificateProviderType "Custom", S3Object, CertificateProviderClass).
+# AWS warns that a self-signed certificate is a proof of concept only: use a trusted CA.
+IN_TRANSIT_CERTIFICATES_SOURCE = (
+    "https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-encryption-enable.html#emr-encryption-certificates"
+)
+
+
+def _s3_uri(location: str) -> str:
+    """`arn:aws:s3:::bucket/key` (allowed for S3Object) as `s3://bucket/key`; s3:// as is."""
+    return "s3://" + location.removeprefix("arn:aws:s3:::") if location.startswith("arn:aws:s3:::") else location
+
+
 def build_security_configuration(
     template: dict,
     region: str,
@@ -273,7 +292,8 @@ def build_security_configuration(
 ) -> dict:
     """The security configuration document: at-rest encryption always (local disks with the KMS
     key; S3 with SSE-S3, or SSE-KMS when `s3_kms`); in-transit encryption only when a PEM
-    certificates zip on S3 is given (EMR cannot make one up). Pure."""
+    certificates zip on S3 is given (EMR on EC2 makes no certificates: IN_TRANSIT_CERTIFICATES_SOURCE).
+    Pure."""
     if not kms_key_id:
         raise FruitsConfigError(
             "Local-disk encryption needs a KMS key: set FRUITS_KMS_KEY_ID (key id or ARN, in "
@@ -290,8 +310,11 @@ def build_security_configuration(
             "AwsKmsKey": encryption["AtRestEncryptionConfiguration"]["LocalDiskEncryptionConfiguration"]["AwsKmsKey"],
         }
     if tls_certificates_uri:
-        if not tls_certificates_uri.startswith("s3://"):
-            raise FruitsConfigError(f"--tls-certificates {tls_certificates_uri!r} must be an s3:// URI of a PEM zip.")
+        if not _s3_uri(tls_certificates_uri).startswith("s3://"):
+            raise FruitsConfigError(
+                f"--tls-certificates {tls_certificates_uri!r} must be an s3:// URI (or arn:aws:s3::: ARN) of a PEM "
+                "zip: privateKey.pem, certificateChain.pem and, unless a public CA signed it, trustedCertificates.pem."
+            )
         encryption["EnableInTransitEncryption"] = True
         encryption["InTransitEncryptionConfiguration"] = {
             "TLSCertificateConfiguration": {
@@ -432,18 +455,103 @@ def _cluster_id(args) -> str:
 def ensure_security_configuration(emr, name: str, document: dict) -> bool:
     """Create the security configuration unless one of that name exists; True if created.
 
-    An existing one is kept as is (EMR cannot update them; delete it to change it).
+    An existing one is kept if it says the same (EMR cannot update them); one that says something
+    else (e.g. no in-transit encryption, where --tls-certificates now asks for it) is an error
+    naming the command that deletes it, never a cluster silently started with the old settings.
     """
     from botocore.exceptions import ClientError
 
     try:
-        emr.describe_security_configuration(Name=name)
-        return False
+        existing = emr.describe_security_configuration(Name=name)
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") not in ("InvalidRequestException", "ResourceNotFoundException"):
             raise
+    else:
+        if json.loads(existing["SecurityConfiguration"]) != document:
+            raise FruitsConfigError(
+                f"The security configuration {name!r} exists with other settings than these (in-transit "
+                "encryption, the KMS key, --s3-kms), and EMR cannot update one. Delete it, then create again: "
+                f"aws emr delete-security-configuration --name {name}"
+            )
+        return False
     emr.create_security_configuration(Name=name, SecurityConfiguration=json.dumps(document))
     return True
+
+
+def in_transit_summary(document: dict) -> str:
+    """One line on the security configuration's in-transit encryption, and why when it is off."""
+    encryption = document["EncryptionConfiguration"]
+    if encryption.get("EnableInTransitEncryption"):
+        tls = encryption["InTransitEncryptionConfiguration"]["TLSCertificateConfiguration"]
+        return f"in-transit encryption: ON ({tls['CertificateProviderType']} certificates {tls['S3Object']})"
+    return (
+        "in-transit encryption: OFF (EMR on EC2 makes no TLS certificates itself; it takes a PEM zip on S3 or a "
+        f"certificate-provider JAR: {IN_TRANSIT_CERTIFICATES_SOURCE}). To turn it on, pass --tls-certificates "
+        "s3://<bucket>/<prefix>/tls/certs.zip (README: 'Run on AWS EMR')"
+    )
+
+
+# The tag AmazonEMRServicePolicy_v2 (and iam/emr_service_role_policy.json, which follows it)
+# requires on the network EMR uses: it launches instances only into subnets and security groups
+# that carry it, and creates its default security groups only in a VPC that carries it ("You must
+# manually tag a VPC if you want Amazon EMR to create default security groups": EMR Management
+# Guide, "Tagging resources to use managed policies",
+# https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-managed-iam-policies.html).
+EMR_NETWORK_TAG = ("for-use-with-amazon-emr-managed-policies", "true")
+# The security groups EMR creates and reuses by name in a VPC (an existing one must be tagged too).
+EMR_DEFAULT_SECURITY_GROUPS = ("ElasticMapReduce-master", "ElasticMapReduce-slave", "ElasticMapReduce-ServiceAccess")
+
+
+def _has_emr_tag(resource: dict) -> bool:
+    key, value = EMR_NETWORK_TAG
+    return any(tag["Key"] == key and tag["Value"] == value for tag in resource.get("Tags") or [])
+
+
+def check_network_tags(ec2, region: str, subnet_ids: list[str] | None) -> str:
+    """Fail, naming the one `aws ec2 create-tags` command to run, unless the VPC, the subnets and
+    any existing EMR security group EMR will use carry EMR_NETWORK_TAG; else describe them.
+
+    Without subnets EMR picks one of the default VPC ("If EC2-Classic is not supported, and no
+    Subnet is specified, Amazon EMR chooses the subnet for you": EMR API, Ec2InstanceAttributes),
+    so the default VPC and every one of its default subnets are checked."""
+    if subnet_ids:
+        subnets = ec2.describe_subnets(SubnetIds=list(subnet_ids))["Subnets"]
+        vpc_ids = sorted({subnet["VpcId"] for subnet in subnets})
+        where = "the VPC of --subnet-id"
+    else:
+        defaults = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        if not defaults:
+            raise FruitsConfigError(
+                f"No --subnet-id and no default VPC in {region}: pass --subnet-id (repeatable) with "
+                "subnets of a VPC tagged for EMR (README: 'Run on AWS EMR', step 1)."
+            )
+        vpc_ids = [defaults[0]["VpcId"]]
+        subnets = ec2.describe_subnets(
+            Filters=[{"Name": "vpc-id", "Values": vpc_ids}, {"Name": "default-for-az", "Values": ["true"]}]
+        )["Subnets"]
+        where = "the default VPC (no --subnet-id: EMR picks one of its default subnets)"
+    vpcs = ec2.describe_vpcs(VpcIds=vpc_ids)["Vpcs"]
+    groups = ec2.describe_security_groups(
+        Filters=[
+            {"Name": "vpc-id", "Values": vpc_ids},
+            {"Name": "group-name", "Values": list(EMR_DEFAULT_SECURITY_GROUPS)},
+        ]
+    )["SecurityGroups"]
+    untagged = [
+        *sorted(vpc["VpcId"] for vpc in vpcs if not _has_emr_tag(vpc)),
+        *sorted(subnet["SubnetId"] for subnet in subnets if not _has_emr_tag(subnet)),
+        *sorted(group["GroupId"] for group in groups if not _has_emr_tag(group)),
+    ]
+    key, value = EMR_NETWORK_TAG
+    if untagged:
+        raise FruitsConfigError(
+            f"EMR's service role launches clusters only into a VPC, subnets and EMR security groups "
+            f"tagged {key}={value} (AmazonEMRServicePolicy_v2; the VPC too, or EMR cannot create its "
+            f"default security groups). Not tagged, in {where}: {', '.join(untagged)}. Tag them once: "
+            f"aws ec2 create-tags --region {region} --resources {' '.join(untagged)} --tags Key={key},Value={value}"
+        )
+    names = [*sorted(vpc["VpcId"] for vpc in vpcs), *sorted(subnet["SubnetId"] for subnet in subnets)]
+    return f"{', '.join(names)}{f' and {len(groups)} EMR security group(s)' if groups else ''}, tagged {key}={value}"
 
 
 def wait_until_ready(emr, cluster_id: str, timeout_seconds: float, poll_seconds: float = 30.0) -> str:
@@ -475,7 +583,14 @@ def cmd_create(args, out=None) -> str:
     settings = _settings(args)
     bucket, prefix, kms_key_id = settings.s3_bucket, settings.s3_prefix, settings.kms_key_id
     # The step launcher stages under FRUITS_EMR_STAGING_PREFIX: it must be inside the prefix.
-    placeholder_values(bucket, prefix, region, staging_prefix=settings.emr_staging_prefix)
+    values = placeholder_values(bucket, prefix, region, staging_prefix=settings.emr_staging_prefix)
+    readable = f"s3://{bucket}/{values['PREFIX']}/"
+    if args.tls_certificates and not _s3_uri(args.tls_certificates).startswith(readable):
+        # EMR downloads the zip to every node; the nodes' instance profile reads only the prefix.
+        raise FruitsConfigError(
+            f"--tls-certificates {args.tls_certificates!r}: put the zip under {readable} (e.g. {readable}tls/certs.zip), "
+            "the only place the cluster's instance profile may read."
+        )
     account_id = _client("sts", region).get_caller_identity()["Account"]
     request = build_run_job_flow_request(
         resources.cluster,
@@ -497,6 +612,9 @@ def cmd_create(args, out=None) -> str:
         s3_kms=args.s3_kms,
         tls_certificates_uri=args.tls_certificates,
     )
+    # Before anything is uploaded or started: EMR would otherwise fail minutes later, or never start.
+    network = check_network_tags(_client("ec2", region), region, args.subnet_id)
+    print(f"network: {network}", file=out)
     # The bootstrap files go to S3 server-side encrypted, like every object this project writes.
     storage = Storage(region_name=region, kms_key_id=kms_key_id if args.s3_kms else None)
     values = placeholder_values(bucket, prefix, region)
@@ -511,6 +629,7 @@ def cmd_create(args, out=None) -> str:
         f"security configuration {request['SecurityConfiguration']}: {'created' if created else 'exists, kept'}",
         file=out,
     )
+    print(in_transit_summary(security), file=out)
     cluster_id = emr.run_job_flow(**request)["JobFlowId"]
     print(f"cluster {cluster_id} ({request['ReleaseLabel']}) starting in {region}", file=out)
     if args.wait:
@@ -622,6 +741,43 @@ def cmd_render(args, out=None) -> list[Path]:
     return written
 
 
+def uv_executable() -> list[str]:
+    """uv on the PATH, else the one the `uv` package of the dev extras ships."""
+    found = shutil.which("uv")
+    if found:
+        return [found]
+    try:
+        from uv import find_uv_bin
+
+        return [find_uv_bin()]
+    except (ImportError, FileNotFoundError):
+        raise FruitsConfigError(
+            "fruits-emr lock needs uv: `pip install uv` (it is in this project's dev extras), then run it again."
+        ) from None
+
+
+def cmd_lock(args, out=None) -> Path:
+    """requirements.txt -> requirements.lock (emr_resources/ of this checkout, or --resources-dir):
+    one universal resolution for CPython 3.11, every package pinned with the hashes of all its
+    wheels, so the aarch64 nodes and the x86_64 emulation install the same lock."""
+    out = out or sys.stdout
+    resources = load_resources(args.resources_dir)
+    if resources.cluster["bootstrap"]["requirements"] != LOCK_NAME:
+        raise FruitsConfigError(
+            f"cluster.yaml's bootstrap installs {resources.cluster['bootstrap']['requirements']}, not {LOCK_NAME}."
+        )
+    command = [*uv_executable(), *uv_compile_args()]
+    print(f"running in {resources.directory}: {' '.join(command)}", file=out)
+    # uv echoes the whole lock on stdout besides writing it: keep its messages (stderr) only.
+    result = subprocess.run(command, cwd=resources.directory, stdout=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise FruitsConfigError(f"uv pip compile failed (exit {result.returncode}); its message is above.")
+    lock = resources.directory / LOCK_NAME
+    entries = read_lock(lock.read_text())
+    print(f"wrote {lock}: {len(entries)} pinned packages, {sum(len(e.hashes) for e in entries)} hashes", file=out)
+    return lock
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fruits-emr", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -635,11 +791,21 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--name", help="cluster name (default: cluster.yaml's)")
     create.add_argument("--service-role", help="EMR service role name (default: cluster.yaml's)")
     create.add_argument("--job-flow-role", help="EC2 instance profile name (default: cluster.yaml's)")
-    create.add_argument("--subnet-id", action="append", help="EC2 subnet id (repeatable)")
+    create.add_argument(
+        "--subnet-id",
+        action="append",
+        help="EC2 subnet id (repeatable; default: EMR picks one of the default VPC). The subnets, their VPC and "
+        "any ElasticMapReduce-* security group must be tagged for-use-with-amazon-emr-managed-policies=true "
+        "(checked)",
+    )
     create.add_argument("--ec2-key-name", help="EC2 key pair for SSH to the master (optional)")
     create.add_argument("--kms-key-id", help="KMS key for local disks (default FRUITS_KMS_KEY_ID)")
     create.add_argument("--s3-kms", action="store_true", help="EMRFS writes with SSE-KMS (that key) instead of SSE-S3")
-    create.add_argument("--tls-certificates", help="s3:// URI of a PEM zip: enables in-transit encryption")
+    create.add_argument(
+        "--tls-certificates",
+        help="s3:// URI, under the prefix, of a PEM zip (privateKey.pem, certificateChain.pem, trustedCertificates.pem):"
+        " enables in-transit encryption (EMR makes no certificates itself)",
+    )
     create.add_argument("--pip-index-url", help="PyPI mirror for the bootstrap (nodes without internet access)")
     create.add_argument("--wait", action="store_true", help="wait until the cluster is WAITING")
     create.add_argument("--timeout", type=float, default=1800.0, help="--wait timeout, seconds")
@@ -663,6 +829,12 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("--account-id", help="default: from STS")
     render.add_argument("--kms-key-id")
     render.add_argument("--out-dir", required=True)
+
+    sub.add_parser(
+        "lock",
+        parents=[common],
+        help="pin every package the nodes install, with hashes (requirements.txt -> requirements.lock; needs uv)",
+    )
     return root
 
 
@@ -672,6 +844,7 @@ COMMANDS = {
     "terminate": cmd_terminate,
     "cost": cmd_cost,
     "render": cmd_render,
+    "lock": cmd_lock,
 }
 
 

@@ -9,7 +9,9 @@ What this subclass of dagster-aws's launcher adds, and why:
 - **The run's settings travel with the step.** On the cluster, `emr_step_main` re-imports this
   code location in a process that has none of the host's environment. The step's run config gets
   the host's resolved settings as the `settings` resource's config, so the step uses the host's
-  deployment, bucket, region, image size... and never its own environment's.
+  deployment, bucket, region, image size... and never its own environment's. The host-only
+  settings (`FruitsSettings.host_only_fields()`: the host's S3 endpoint, this launcher's polling,
+  the local Spark master and folder) are left out: the step takes their defaults (AWS's endpoint).
 - **Only this package is staged**, zipped from where it is installed when a step is launched
   (never at import: on the cluster the package itself lives inside the staged zip).
 - The poll interval of a running step is a setting (FRUITS_EMR_POLL_SECONDS; dagster-aws: 15 s).

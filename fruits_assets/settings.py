@@ -8,6 +8,8 @@ one clear message.
 
 On EMR the step launcher hands that snapshot to each step as the step's run config
 (`emr_launcher.py`): a step on the cluster never reads the cluster's environment for a setting.
+The host-only settings (`host_only=True` below: the host's S3 endpoint, the launcher's polling,
+the local deployment's Spark master and folder) are left out of it; a step takes their defaults.
 """
 
 from __future__ import annotations
@@ -26,12 +28,17 @@ from fruits_assets.errors import FruitsConfigError
 DEPLOYMENTS = ("local", "emr")
 
 
-def setting(env: str, default: Any, help: str):
-    """A settings field: empty by default, so the run takes `env`, else `default`."""
+def setting(env: str, default: Any, help: str, host_only: bool = False):
+    """A settings field: empty by default, so the run takes `env`, else `default`.
+
+    `host_only`: meaningful on the Dagster host only (where it reaches S3, how its launcher polls,
+    the local deployment's Spark and folder). The EMR steps' run config leaves these out, so a
+    step takes their defaults: a host's endpoint or path could break a step on the cluster.
+    """
     return Field(
         default=None,
         description=f"{help} Empty: ${env}, else {default!r}.",
-        json_schema_extra={"env": env, "fallback": default},
+        json_schema_extra={"env": env, "fallback": default, "host_only": host_only},
     )
 
 
@@ -46,8 +53,9 @@ class FruitsSettings(dg.ConfigurableResource):
         "FRUITS_OUTPUT_ROOT",
         "",
         "local: folder (or s3:// URI) of the assets ('' = $DAGSTER_HOME/fruits_output, else ./fruits_output).",
+        host_only=True,
     )
-    spark_master: str | None = setting("FRUITS_SPARK_MASTER", "local[*]", "local: the Spark master.")
+    spark_master: str | None = setting("FRUITS_SPARK_MASTER", "local[*]", "local: the Spark master.", host_only=True)
     s3_bucket: str | None = setting("FRUITS_S3_BUCKET", "", "emr: bucket of assets, staging and logs (required).")
     s3_prefix: str | None = setting("FRUITS_S3_PREFIX", "fruits", "emr: key prefix of everything Fruits! writes.")
     aws_region: str | None = setting(
@@ -58,7 +66,12 @@ class FruitsSettings(dg.ConfigurableResource):
         False,
         "Allow a region other than eu-west-1 (data-protection officer's agreement).",
     )
-    s3_endpoint_url: str | None = setting("FRUITS_S3_ENDPOINT_URL", "", "S3 endpoint for boto3 ('' = AWS's).")
+    s3_endpoint_url: str | None = setting(
+        "FRUITS_S3_ENDPOINT_URL",
+        "",
+        "The host's S3 endpoint for boto3 ('' = AWS's; EMR steps use AWS's).",
+        host_only=True,
+    )
     kms_key_id: str | None = setting("FRUITS_KMS_KEY_ID", "", "KMS key for SSE-KMS of what boto3 writes ('' = SSE-S3).")
     emr_cluster_id: str | None = setting(
         "FRUITS_EMR_CLUSTER_ID", "", "emr: the cluster steps run on, j-... (required)."
@@ -70,9 +83,10 @@ class FruitsSettings(dg.ConfigurableResource):
         "FRUITS_EMR_WAIT_FOR_LOGS",
         False,
         "emr: after each step, wait for EMR's log upload (~5 min/step, billed) to show the Spark driver's logs.",
+        host_only=True,
     )
     emr_poll_seconds: float | None = setting(
-        "FRUITS_EMR_POLL_SECONDS", 15.0, "emr: seconds between two polls of a step."
+        "FRUITS_EMR_POLL_SECONDS", 15.0, "emr: seconds between two polls of a step.", host_only=True
     )
     lock_wait_seconds: float | None = setting(
         "FRUITS_LOCK_WAIT_SECONDS", 3600.0, "How long a run waits for another run writing the same assets to finish."
@@ -151,10 +165,17 @@ class FruitsSettings(dg.ConfigurableResource):
             validate(resolved)
         return resolved
 
+    @classmethod
+    def host_only_fields(cls) -> set[str]:
+        """The settings that stay on the Dagster host (`setting(..., host_only=True)`)."""
+        return {name for name, field in cls.model_fields.items() if field.json_schema_extra["host_only"]}
+
     def as_run_config(self) -> dict:
-        """The resolved values as this resource's run config (what the cluster's steps get)."""
+        """The resolved values as this resource's run config, for the cluster's steps: every
+        setting but the host-only ones, which a step then takes at their defaults."""
         resolved = self.resolved()
-        return {"config": {name: getattr(resolved, name) for name in type(self).model_fields}}
+        shipped = [name for name in type(self).model_fields if name not in self.host_only_fields()]
+        return {"config": {name: getattr(resolved, name) for name in shipped}}
 
     # -- derived values, one place each -------------------------------------------------------
     def storage(self):

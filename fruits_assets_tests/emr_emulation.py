@@ -17,9 +17,9 @@ What it does, as EMR would (see `EmulatedEmrCluster.run_step`):
   instance profile) and AWS_ENDPOINT_URL (standing in for AWS's S3 endpoint). Its working
   directory is a fresh folder. Nothing of the host's environment (FRUITS_*, DAGSTER_HOME...) or of
   the test's process reaches it.
-- **The cluster's Python**: a virtual environment built from emr_resources/requirements.txt, the
-  file the bootstrap installs (same pip command, same pins; x86_64 wheels here, aarch64 on the
-  Graviton nodes), with /opt/fruits-venv of cluster.yaml mapped to it. `fruits_assets` is not
+- **The cluster's Python**: a virtual environment built from emr_resources/requirements.lock, the
+  lock the bootstrap installs (same pip command, same hashed pins of every package; x86_64 wheels
+  here, aarch64 on the Graviton nodes), with /opt/fruits-venv of cluster.yaml mapped to it. `fruits_assets` is not
   installed in it: the step can only import the package from the staged code.zip (`--py-files`).
   pyspark comes, as on EMR, from the Spark distribution spark-submit belongs to.
 - **s3:// through a real Hadoop S3 connector**: EMR's EMRFS is not available outside AWS; the
@@ -51,6 +51,8 @@ from pathlib import Path
 
 import yaml
 
+from emr_resources.lock import LOCK_NAME, PIP_INSTALL_FLAGS
+
 PROJECT = Path(__file__).resolve().parents[1]
 RESOURCES = PROJECT / "emr_resources"
 CACHE = PROJECT / ".cache"
@@ -69,13 +71,29 @@ def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, **kwargs)
 
 
-def cluster_python() -> Path:
-    """The cluster's Python: a venv of emr_resources/requirements.txt, as the bootstrap makes it.
+def cluster_install_command(python: Path, lock: Path) -> list[str]:
+    """bootstrap.sh's install of the lock (PIP_INSTALL_FLAGS), for this machine's platform."""
+    return [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        *PIP_INSTALL_FLAGS,
+        "-r",
+        str(lock),
+    ]
 
-    Cached under .cache/ by the requirements' content: a changed requirement rebuilds it.
+
+def cluster_python() -> Path:
+    """The cluster's Python: a venv of emr_resources/requirements.lock, as the bootstrap makes it.
+
+    Cached under .cache/ by the lock's content (and this Python's version, which the venv is made
+    from): a new lock (`fruits-emr lock`) rebuilds it, so it never runs an older resolution.
     """
-    requirements = RESOURCES / "requirements.txt"
-    key = hashlib.sha256(requirements.read_bytes() + sys.version.encode()).hexdigest()[:12]
+    lock = RESOURCES / LOCK_NAME
+    key = hashlib.sha256(lock.read_bytes() + sys.version.encode()).hexdigest()[:12]
     venv = CACHE / f"emr-cluster-venv-{key}"
     python = venv / "bin" / "python"
     if (venv / ".complete").exists():
@@ -86,24 +104,29 @@ def cluster_python() -> Path:
     steps = [
         [base, "-m", "venv", str(venv)],
         # The bootstrap's own install command (bootstrap.sh), for this machine's platform.
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--only-binary=:all:",
-            "-r",
-            str(requirements),
-        ],
+        cluster_install_command(python, lock),
     ]
     for command in steps:
         result = _run(command, timeout=1800)
         if result.returncode != 0:
             raise EmulationUnavailable(f"{' '.join(command[:4])}...: {result.stderr[-2000:]}")
-    (venv / ".complete").write_text(requirements.read_text())
+    (venv / ".complete").write_text(lock.read_text())
     return python
+
+
+def tag_default_network_for_emr(region: str) -> None:
+    """Tag the account's default VPC, its default subnets and any EMR security group there with
+    for-use-with-amazon-emr-managed-policies=true, as an administrator does once (README, 'Run on
+    AWS EMR', step 1) so that `fruits-emr create` without --subnet-id passes its network check."""
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name=region)  # AWS_ENDPOINT_URL: the moto server
+    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    in_vpc = [{"Name": "vpc-id", "Values": [vpc["VpcId"]]}]
+    subnets = ec2.describe_subnets(Filters=[*in_vpc, {"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
+    groups = ec2.describe_security_groups(Filters=[*in_vpc, {"Name": "group-name", "Values": ["ElasticMapReduce-*"]}])
+    resources = [vpc["VpcId"], *(s["SubnetId"] for s in subnets), *(g["GroupId"] for g in groups["SecurityGroups"])]
+    ec2.create_tags(Resources=resources, Tags=[{"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}])
 
 
 def s3a_jars() -> list[Path]:

@@ -76,9 +76,10 @@ def test_emr_deployment_launches_steps_and_stores_on_s3():
     assert built["io_manager"].base_uri() == "s3://fruits-unit/team/fruits"
     # The host only launches steps: no Spark session (nor Java) is started for them.
     assert not built["pyspark"].started
-    # What every step on the cluster gets as its settings: all explicit, nothing left to its env.
+    # What every step on the cluster gets as its settings: all explicit, nothing left to its env,
+    # but for the host-only ones (test_emr_cluster.py: the host's S3 endpoint, the launcher's knobs).
     config = launcher.settings_config["config"]
-    assert set(config) == set(FruitsSettings.model_fields)
+    assert set(config) == set(FruitsSettings.model_fields) - FruitsSettings.host_only_fields()
     assert config["deployment"] == "emr" and config["s3_prefix"] == "team/fruits"
     assert all(value is not None for value in config.values())
 

@@ -19,6 +19,7 @@ import pytest
 
 from emr_resources import cli as emr_cli
 from fruits_assets.errors import FruitsConfigError
+from fruits_assets_tests.emr_emulation import tag_default_network_for_emr
 
 RESOURCES = Path(__file__).resolve().parents[1] / "emr_resources"
 KMS_KEY = "1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -41,6 +42,29 @@ def cli_env(monkeypatch):
     monkeypatch.setenv("FRUITS_KMS_KEY_ID", KMS_KEY)
 
 
+EMR_TAG = {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}
+
+
+@pytest.fixture
+def ec2(moto_server):
+    return boto3.client("ec2", region_name="eu-west-1")
+
+
+@pytest.fixture
+def emr_network(ec2):
+    """The default VPC, its default subnets and any EMR security group tagged for EMR, as README
+    step 1 has an administrator do (moto's server keeps them for the whole session)."""
+    tag_default_network_for_emr("eu-west-1")
+
+
+def default_network(ec2) -> tuple[str, list[str]]:
+    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    subnets = ec2.describe_subnets(
+        Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}, {"Name": "default-for-az", "Values": ["true"]}]
+    )["Subnets"]
+    return vpc["VpcId"], sorted(s["SubnetId"] for s in subnets)
+
+
 def create_cluster(bucket: str, capsys) -> str:
     assert emr_cli.main(["create", "--bucket", bucket, "--wait", "--poll-seconds", "0.05", "--timeout", "30"]) == 0
     out = capsys.readouterr().out
@@ -49,7 +73,9 @@ def create_cluster(bucket: str, capsys) -> str:
     return match.group(1)
 
 
-def test_create_makes_the_configured_cluster(moto_server, s3_bucket, emr, cli_env, resources, capsys, monkeypatch):
+def test_create_makes_the_configured_cluster(
+    moto_server, s3_bucket, emr, cli_env, emr_network, resources, capsys, monkeypatch
+):
     sent = {}
     real_client = emr_cli._client
 
@@ -83,13 +109,13 @@ def test_create_makes_the_configured_cluster(moto_server, s3_bucket, emr, cli_en
     assert by_class["spark-env"]["Configurations"][0]["Properties"]["PYSPARK_PYTHON"] == python
     assert by_class["spark-defaults"]["Properties"]["spark.pyspark.python"] == python
 
-    # The bootstrap action runs the uploaded script on the uploaded requirements, both this
-    # package's files, encrypted.
+    # The bootstrap action runs the uploaded script on the uploaded lock (every package pinned
+    # and hashed), both this package's files, encrypted.
     (action,) = emr.list_bootstrap_actions(ClusterId=cluster_id)["BootstrapActions"]
     assert action["ScriptPath"] == f"s3://{s3_bucket}/fruits/emr-bootstrap/bootstrap.sh"
-    assert action["Args"] == [f"s3://{s3_bucket}/fruits/emr-bootstrap/requirements.txt"]
+    assert action["Args"] == [f"s3://{s3_bucket}/fruits/emr-bootstrap/requirements.lock"]
     s3 = boto3.client("s3", region_name="eu-west-1")
-    for name in ("bootstrap.sh", "requirements.txt"):
+    for name in ("bootstrap.sh", "requirements.lock"):
         key = f"fruits/emr-bootstrap/{name}"
         assert s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == (RESOURCES / name).read_bytes()
         assert s3.head_object(Bucket=s3_bucket, Key=key)["ServerSideEncryption"] == "AES256"
@@ -124,7 +150,60 @@ def test_create_makes_the_configured_cluster(moto_server, s3_bucket, emr, cli_en
         assert all(t in resources.prices["instance_types"] for t in types), "a type has no price"
 
 
-def test_terminate_ends_the_cluster(moto_server, s3_bucket, emr, cli_env, capsys):
+def create_tags_command(*resource_ids: str) -> str:
+    return (
+        f"aws ec2 create-tags --region eu-west-1 --resources {' '.join(resource_ids)} "
+        "--tags Key=for-use-with-amazon-emr-managed-policies,Value=true"
+    )
+
+
+def test_create_refuses_an_untagged_vpc_and_says_the_command(moto_server, s3_bucket, emr, ec2, cli_env, capsys):
+    """AmazonEMRServicePolicy_v2 (and iam/emr_service_role_policy.json) lets EMR launch only into
+    subnets, and create its default security groups only in a VPC, tagged
+    for-use-with-amazon-emr-managed-policies=true ("You must manually tag a VPC if you want Amazon
+    EMR to create default security groups"). Tagging the subnets alone is not enough: `create`
+    checks the VPC too, before anything is uploaded or started, and says the one command to run."""
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.20.1.0/24")["Subnet"]["SubnetId"]
+    before = emr.list_clusters()["Clusters"]
+    create = ["create", "--bucket", s3_bucket, "--subnet-id", subnet]
+
+    assert emr_cli.main(create) == 2
+    assert create_tags_command(vpc, subnet) in capsys.readouterr().err
+    ec2.create_tags(Resources=[subnet], Tags=[EMR_TAG])  # the subnets only, as the README said
+    assert emr_cli.main(create) == 2
+    err = capsys.readouterr().err
+    assert create_tags_command(vpc) in err and "VPC" in err
+    # An EMR security group left from an earlier cluster must carry the tag as well.
+    group = ec2.create_security_group(GroupName="ElasticMapReduce-master", Description="old", VpcId=vpc)["GroupId"]
+    ec2.create_tags(Resources=[vpc], Tags=[EMR_TAG])
+    assert emr_cli.main(create) == 2
+    assert create_tags_command(group) in capsys.readouterr().err
+    assert emr.list_clusters()["Clusters"] == before, "nothing is started on an untagged network"
+    assert not boto3.client("s3", region_name="eu-west-1").list_objects_v2(Bucket=s3_bucket).get("Contents")
+
+    ec2.create_tags(Resources=[group], Tags=[EMR_TAG])
+    assert emr_cli.main(create) == 0
+    out = capsys.readouterr().out
+    assert f"network: {vpc}" in out and "export FRUITS_EMR_CLUSTER_ID=" in out
+
+
+def test_create_without_a_subnet_checks_the_default_vpc(moto_server, s3_bucket, emr, ec2, cli_env, capsys):
+    """Without --subnet-id, EMR picks a subnet of the default VPC ("If EC2-Classic is not
+    supported, and no Subnet is specified, Amazon EMR chooses the subnet for you": EMR API,
+    Ec2InstanceAttributes): that VPC and each of its default subnets must carry the tag."""
+    vpc, subnets = default_network(ec2)
+    ec2.delete_tags(Resources=[vpc, *subnets], Tags=[{"Key": EMR_TAG["Key"]}])
+    try:
+        assert emr_cli.main(["create", "--bucket", s3_bucket]) == 2
+        err = capsys.readouterr().err
+        assert create_tags_command(vpc, *subnets) in err and "default VPC" in err
+    finally:
+        tag_default_network_for_emr("eu-west-1")
+    assert emr_cli.main(["create", "--bucket", s3_bucket]) == 0
+
+
+def test_terminate_ends_the_cluster(moto_server, s3_bucket, emr, cli_env, emr_network, capsys):
     cluster_id = create_cluster(s3_bucket, capsys)
     assert emr_cli.main(["terminate", "--cluster-id", cluster_id]) == 0
     assert emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"] in ("TERMINATING", "TERMINATED")
@@ -165,6 +244,44 @@ def test_in_transit_encryption_only_with_certificates(resources):
     tls = with_certs["EncryptionConfiguration"]["InTransitEncryptionConfiguration"]["TLSCertificateConfiguration"]
     assert with_certs["EncryptionConfiguration"]["EnableInTransitEncryption"] is True
     assert tls == {"CertificateProviderType": "PEM", "S3Object": certs}
+    # The ARN form the security-configuration reference allows for S3Object works too.
+    arn = emr_cli.build_security_configuration(
+        resources.security_configuration,
+        "eu-west-1",
+        "111122223333",
+        KMS_KEY,
+        tls_certificates_uri="arn:aws:s3:::b/c.zip",
+    )
+    assert arn["EncryptionConfiguration"]["InTransitEncryptionConfiguration"]["TLSCertificateConfiguration"] == {
+        "CertificateProviderType": "PEM",
+        "S3Object": "arn:aws:s3:::b/c.zip",
+    }
+
+
+def test_create_says_why_in_transit_encryption_is_off(moto_server, s3_bucket, emr, cli_env, emr_network, capsys):
+    """EMR on EC2 (emr-7.9.0 included) makes no TLS certificates itself: in-transit encryption
+    takes a PEM zip on S3 or a custom certificate-provider JAR (EMR Management Guide, "Providing
+    certificates for encrypting data in transit with Amazon EMR encryption"). Without
+    --tls-certificates it stays off, and `create` says so, why, and what to pass; the zip must
+    lie under the prefix, the only place the nodes may read."""
+    assert emr_cli.main(["create", "--bucket", s3_bucket]) == 0
+    out = capsys.readouterr().out
+    [line] = [line for line in out.splitlines() if line.startswith("in-transit encryption:")]
+    assert "OFF" in line and "--tls-certificates" in line and emr_cli.IN_TRANSIT_CERTIFICATES_SOURCE in line
+    outside = "s3://somewhere-else/certs.zip"
+    assert emr_cli.main(["create", "--bucket", s3_bucket, "--tls-certificates", outside]) == 2
+    assert f"s3://{s3_bucket}/fruits/" in capsys.readouterr().err
+    # The security configuration without TLS exists now: EMR cannot update it, so `create` says
+    # to delete it rather than start a cluster silently without in-transit encryption.
+    inside = f"s3://{s3_bucket}/fruits/tls/certs.zip"
+    assert emr_cli.main(["create", "--bucket", s3_bucket, "--tls-certificates", inside]) == 2
+    assert "aws emr delete-security-configuration --name fruits-emr-security" in capsys.readouterr().err
+    emr.delete_security_configuration(Name="fruits-emr-security")
+    try:
+        assert emr_cli.main(["create", "--bucket", s3_bucket, "--tls-certificates", inside]) == 0
+        assert f"in-transit encryption: ON (PEM certificates {inside})" in capsys.readouterr().out
+    finally:  # the other tests' clusters (and the emulation's) use the one without TLS
+        emr.delete_security_configuration(Name="fruits-emr-security")
 
 
 def test_cost_is_computed_from_prices_json(resources, capsys, monkeypatch):
@@ -224,6 +341,43 @@ def test_launcher_stages_under_the_prefix_by_default(monkeypatch):
     assert values["STAGING_PREFIX"] == "team-a/emr-staging"
 
 
+def test_launcher_ships_only_what_the_cluster_must_see(monkeypatch):
+    """The steps get the run's settings as their run config, without the host-only ones: the
+    host's S3 endpoint (e.g. a VPC endpoint or a local server only the host reaches) would break
+    every step, and the launcher's own knobs mean nothing there. Left out, a setting takes its
+    default on the cluster, whose environment has no FRUITS_* variable."""
+    from fruits_assets.emr_launcher import FruitsEmrStepLauncher
+    from fruits_assets.settings import FruitsSettings
+
+    for name in [f.json_schema_extra["env"] for f in FruitsSettings.model_fields.values()]:
+        monkeypatch.delenv(name, raising=False)
+    host = FruitsSettings(
+        deployment="emr",
+        s3_bucket="b",
+        s3_prefix="team-a",
+        emr_cluster_id="j-X",
+        kms_key_id="k-1",
+        image_size=96,
+        s3_endpoint_url="http://127.0.0.1:9000",
+        emr_poll_seconds=2.0,
+        emr_wait_for_logs=True,
+        spark_master="local[2]",
+        output_root="/home/someone/fruits_output",
+    )
+    shipped = FruitsEmrStepLauncher(host).settings_config["config"]
+    host_only = {"s3_endpoint_url", "emr_poll_seconds", "emr_wait_for_logs", "spark_master", "output_root"}
+    assert FruitsSettings.host_only_fields() == host_only
+    assert set(shipped) == set(FruitsSettings.model_fields) - host_only
+    # What a run computes, and where it stores, travels: the step computes what the host planned.
+    resolved = host.resolved()
+    assert all(shipped[name] == getattr(resolved, name) for name in shipped)
+    assert {"aws_region", "s3_bucket", "s3_prefix", "kms_key_id", "deployment", "image_size"} <= set(shipped)
+    # On the cluster (no FRUITS_* variable), the step's settings resolve and validate, and boto3
+    # takes AWS's endpoint.
+    on_cluster = FruitsSettings(**shipped).resolve({})
+    assert on_cluster.s3_endpoint_url == "" and on_cluster.image_size == 96 and on_cluster.kms_key_id == "k-1"
+
+
 def test_placeholders_must_all_be_filled(resources):
     with pytest.raises(FruitsConfigError, match="--bucket"):
         emr_cli.build_run_job_flow_request(resources.cluster, "", "fruits")
@@ -256,15 +410,15 @@ def test_policy_documents_are_least_privilege_json(path, tmp_path):
         assert "AmazonElasticMapReduceforEC2Role" not in json.dumps(statement)
 
 
-def test_bucket_policy_denies_plain_http_and_unencrypted_puts():
+def test_bucket_policy_denies_plain_http_and_foreign_encryption_headers():
+    """A PUT without an encryption header is allowed on purpose (`aws s3 sync` sends none, and S3
+    encrypts it with the bucket's default, SSE-S3): test_emr_iam.py evaluates the requests."""
     statements = json.loads((RESOURCES / "s3_bucket_policy.json").read_text())["Statement"]
     assert all(s["Effect"] == "Deny" for s in statements)
     tls = [s for s in statements if s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"]
     assert tls and tls[0]["Action"] == "s3:*"
-    unencrypted = [
-        s for s in statements if s.get("Condition", {}).get("Null", {}).get("s3:x-amz-server-side-encryption") == "true"
-    ]
-    assert unencrypted and unencrypted[0]["Action"] == "s3:PutObject"
+    headers = [s for s in statements if "s3:x-amz-server-side-encryption" in json.dumps(s.get("Condition", {}))]
+    assert [s["Condition"]["Null"] for s in headers] == [{"s3:x-amz-server-side-encryption": "false"}]
     block = json.loads((RESOURCES / "public_access_block.json").read_text())
     assert block == {
         k: True for k in ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")

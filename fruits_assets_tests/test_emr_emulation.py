@@ -35,6 +35,7 @@ from fruits_assets_tests.emr_emulation import (
     cluster_python,
     java_home,
     s3a_jars,
+    tag_default_network_for_emr,
 )
 from fruits_assets_tests.helpers import materialize, run_config
 
@@ -76,6 +77,7 @@ def upload_tree(s3, folder: Path, bucket: str, prefix: str) -> int:
 
 def create_cluster(bucket: str, monkeypatch, capsys) -> str:
     monkeypatch.setenv("FRUITS_KMS_KEY_ID", "1234abcd-12ab-34cd-56ef-1234567890ab")
+    tag_default_network_for_emr("eu-west-1")  # `create` checks the network's EMR tags
     assert emr_cli.main(["create", "--bucket", bucket, "--prefix", PREFIX]) == 0
     return re.search(r"^export FRUITS_EMR_CLUSTER_ID=(j-\w+)$", capsys.readouterr().out, re.M).group(1)
 
