@@ -109,7 +109,9 @@ class FruitsSettings(dg.ConfigurableResource):
     model_cache: str | None = setting(
         "FRUITS_MODEL_CACHE",
         "",
-        "Folder or s3:// URI where converted LiteRT models are kept by content ('' = <assets>/_models).",
+        "Folder or s3:// URI where converted LiteRT models are kept by content ('' = <assets>/_models; EMR steps "
+        "use <assets>/_models).",
+        host_only=True,
     )
     predict_batch_size: int | None = setting("FRUITS_PREDICT_BATCH_SIZE", 4, "Images per MobileNetV2 (LiteRT) call.")
     model_threads: int | None = setting(

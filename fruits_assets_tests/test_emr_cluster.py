@@ -365,7 +365,14 @@ def test_launcher_ships_only_what_the_cluster_must_see(monkeypatch):
         output_root="/home/someone/fruits_output",
     )
     shipped = FruitsEmrStepLauncher(host).settings_config["config"]
-    host_only = {"s3_endpoint_url", "emr_poll_seconds", "emr_wait_for_logs", "spark_master", "output_root"}
+    host_only = {
+        "s3_endpoint_url",
+        "emr_poll_seconds",
+        "emr_wait_for_logs",
+        "spark_master",
+        "output_root",
+        "model_cache",  # a host's folder; the cluster's is under the assets
+    }
     assert FruitsSettings.host_only_fields() == host_only
     assert set(shipped) == set(FruitsSettings.model_fields) - host_only
     # What a run computes, and where it stores, travels: the step computes what the host planned.
