@@ -1,10 +1,16 @@
 """The asset graph: thin assets over the plain functions of the other modules.
 
-raw_images -> preprocessed_images -> image_features -> pca_model -> pca_features_csv -> pca_quality
-           -> rejected_images
+photos -> raw_images -> preprocessed_images -> image_features -> pca_model -> pca_features_csv -> pca_quality
+                     -> rejected_images  input_size -^    model_weights -^   pca_settings -^
+(the four sources are observed, never written: sources.py)
+
+Each asset returns a data version that follows what it holds (its rows' keys and the settings
+that made them, or its inputs' data versions), and a signature of what it was made from: a step
+whose signature is its current version's computes nothing (`incremental.unchanged_version`).
 """
 
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
@@ -12,9 +18,10 @@ import numpy as np
 from pydantic import Field
 
 from fruits_assets.constants import FEATURE_DIM, SAMPLE_IMAGES, TRAIN_SPLIT
-from fruits_assets.csv_table import CsvTable
+from fruits_assets.csv_table import CSV_VERSION, CsvTable
 from fruits_assets.errors import FruitsConfigError, config_errors_not_retried
 from fruits_assets.featurize import (
+    CONVERSION_VERSION,
     FEATURE_COLUMNS,
     feature_model,
     featurize_frame,
@@ -22,10 +29,19 @@ from fruits_assets.featurize import (
     model_metadata,
     resolve_weights,
 )
-from fruits_assets.images import MAX_PIXELS
-from fruits_assets.incremental import Stage, run_stage
-from fruits_assets.listing import check_images_root, images_per_class, list_images, usable_images
-from fruits_assets.pca import PcaModel, fit_pca, linear_algebra
+from fruits_assets.images import CHECK_VERSION, DECODE_VERSION, MAX_PIXELS
+from fruits_assets.incremental import (
+    Stage,
+    current_version,
+    digest,
+    input_versions,
+    run_stage,
+    unchanged_output,
+    unchanged_version,
+    versioned_output,
+)
+from fruits_assets.listing import LAYOUT_VERSION, check_images_root, images_per_class, list_images, usable_images
+from fruits_assets.pca import PCA_VERSION, PcaModel, fit_pca, linear_algebra
 from fruits_assets.plots import (
     class_thumbnails,
     confusion_plot,
@@ -34,9 +50,19 @@ from fruits_assets.plots import (
     scatter_plot,
     scree_plot,
 )
-from fruits_assets.quality import evaluate
+from fruits_assets.quality import EVALUATION_VERSION, evaluate
 from fruits_assets.sample_data import sample_images
 from fruits_assets.settings import FruitsSettings, validate_image_size
+from fruits_assets.sources import (
+    SOURCES,
+    input_size_version,
+    model_weights_version,
+    observed_versions,
+    pca_settings_version,
+    photos_version,
+    record_source,
+    sample_photos_version,
+)
 from fruits_assets.spark import PARQUET_CODEC
 from fruits_assets.spark_jobs import (
     PREPROCESSED_COLUMNS,
@@ -52,6 +78,11 @@ from fruits_assets.spark_jobs import (
 from fruits_assets.storage import join
 
 GROUP = "fruits"
+# Beta in Dagster 1.13 and chosen on purpose: observable source assets (the UI shows and observes
+# what the assets are made from) and output data versions (what makes its staleness follow the
+# data). Their warnings are not repeated at every import of the code location.
+for _beta in ("observable_source_asset", "include_sources", "data_version"):
+    warnings.filterwarnings("ignore", message=f".*{_beta}.*is currently in beta", category=dg.BetaWarning)
 # Steps that talk to S3 or EMR retry transient faults (throttling, a dropped connection, a lost
 # Spot node) with backoff; a configuration error (dg.Failure with allow_retries=False) is not
 # retried.
@@ -59,9 +90,14 @@ S3_RETRY = dg.RetryPolicy(max_retries=2, delay=5.0, backoff=dg.Backoff.EXPONENTI
 # Every Spark asset: on EMR, the step launcher runs it on the cluster. (The IO manager of its
 # outputs is in context.resources too: Dagster gives a step the resources of its outputs.)
 SPARK_RESOURCES = {"settings", "pyspark", "pyspark_step_launcher"}
+# Opt-in declarative automation (README, "Keep it fresh"): the sources are observed every few
+# minutes, and an asset is materialized when what it is made from has a new data version. It
+# runs only once `fruits_automation` is turned on (definitions.py).
+SOURCES_OBSERVED = dg.AutomationCondition.on_cron("*/5 * * * *")
+EAGER = dg.AutomationCondition.eager()
 
 
-def spark_asset(kinds: set[str], **kwargs):
+def spark_asset(kinds: set[str], code_version: str, **kwargs):
     """The decorator of an asset computed with Spark (one place for what they share)."""
 
     def decorate(fn):
@@ -69,8 +105,9 @@ def spark_asset(kinds: set[str], **kwargs):
             group_name=GROUP,
             kinds=kinds,
             required_resource_keys=SPARK_RESOURCES,
-            code_version="1",
+            code_version=code_version,
             retry_policy=S3_RETRY,
+            automation_condition=EAGER,
             **kwargs,
         )(config_errors_not_retried(fn))
 
@@ -89,18 +126,18 @@ def spark_for(context: dg.AssetExecutionContext, name: str):
     return spark
 
 
-# -- raw_images ---------------------------------------------------------------------------------
-class RawImagesConfig(dg.Config):
-    splits: list[str] = Field(
-        default=[],
-        description="Only these top folders (e.g. ['Test']); empty = every split. Rows of other "
-        "splits are not listed, so downstream assets only see these.",
-    )
+def signature_of(context, code_version: str, inputs: tuple[str, ...], *settings) -> str | None:
+    """What a step's output is made from: its code, its inputs' data versions, its settings
+    (None when an input's version is unknown: an asset invoked as a function)."""
+    versions = input_versions(context, *inputs)
+    return None if versions is None else digest(code_version, versions, *settings)
 
 
-# A file whose path and identity (size and content hash; S3: size and ETag) are unchanged keeps its
-# row, bytes and verdict; only new or changed files are read and checked.
-RAW_STAGE = Stage("raw_images", keys=("path", "identity"), columns=RAW_COLUMNS, reported=("stage", "size"))
+def photos_of(settings: FruitsSettings, root: str, versions: dict) -> str:
+    """The `photos` data version of this run's listing (the sample's, for the generated one)."""
+    if settings.images_root.strip() == SAMPLE_IMAGES:
+        return sample_photos_version(settings.limit_per_class)
+    return photos_version(versions, root, settings.limit_per_class)[0]
 
 
 def images_root(settings: FruitsSettings, storage) -> str:
@@ -112,7 +149,37 @@ def images_root(settings: FruitsSettings, storage) -> str:
     return check_images_root(root, storage)
 
 
-@spark_asset(kinds={"spark", "python"})
+# -- what the pipeline is made from ----------------------------------------------------------------
+@dg.multi_observable_source_asset(
+    specs=[dg.AssetSpec(source, group_name=GROUP, automation_condition=SOURCES_OBSERVED) for source in SOURCES],
+    name="observe_sources",
+    required_resource_keys={"settings"},
+    description="The photos, the input size, the model weights and the PCA settings, as they are now "
+    "(sources.py): their data versions, nothing read.",
+)
+def observe_sources(context):
+    """One observation of every source, with the settings of the environment (or the run)."""
+    settings = context.resources.settings.resolved()
+    for source, (version, metadata) in observed_versions(settings, context.resources.settings.storage()).items():
+        yield dg.ObserveResult(asset_key=source, data_version=dg.DataVersion(version), metadata=metadata)
+
+
+# -- raw_images ---------------------------------------------------------------------------------
+class RawImagesConfig(dg.Config):
+    splits: list[str] = Field(
+        default=[],
+        description="Only these top folders (e.g. ['Test']); empty = every split. Rows of other "
+        "splits are not listed, so downstream assets only see these.",
+    )
+
+
+RAW_VERSION = f"{LAYOUT_VERSION}+{CHECK_VERSION}"
+# A file whose path and identity (size and content hash; S3: size and ETag) are unchanged keeps its
+# row, bytes and verdict; only new or changed files are read and checked.
+RAW_STAGE = Stage("raw_images", keys=("path", "identity"), columns=RAW_COLUMNS, reported=("stage", "size"))
+
+
+@spark_asset(kinds={"spark", "python"}, code_version=RAW_VERSION, deps=["photos"])
 def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     """Every file under the images root: path, split, class label and bytes."""
     from pyspark import StorageLevel
@@ -121,30 +188,44 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     started, settings, storage = time.perf_counter(), settings_of(context), context.resources.settings.storage()
     root = images_root(settings, storage)
     with ThreadPoolExecutor(2, thread_name_prefix="raw_images") as background:
-        starting = background.submit(lambda: spark_for(context, "raw_images"))  # the JVM starts while files are listed
-        listed, skipped = list_images(storage, root, settings.limit_per_class, config.splits)
+        if not current_version(context, "raw_images"):  # a first run: the JVM starts while files are listed
+            background.submit(spark_for, context, "raw_images")
+        versions = dict(storage.list_versions(root))
+        listed, skipped = list_images(storage, root, settings.limit_per_class, config.splits, versions)
         images = usable_images(listed, root)
+        record_source(context, "photos", photos_of(settings, root, versions))
+        signature = digest(RAW_VERSION, [(f.path, f.identity) for f in listed])  # what it holds, too
+        report = {"images_root": root, "rows": len(listed), "skipped_by_limit": skipped}
+        if manifest := unchanged_version(context, "raw_images", signature):
+            yield unchanged_output(manifest, report)
+            return
         thumbnails = background.submit(class_thumbnails, images, storage)  # drawn while Spark works
-        spark = starting.result()
+        spark = spark_for(context, "raw_images")
 
         def read_and_check(work, counts):  # cached: the summary and the write read each file once
             first_run = counts["reused"] == 0  # Spark then reads the whole root itself
             return raw_images_frame(spark, work, root, storage, first_run).persist(StorageLevel.MEMORY_AND_DISK)
 
         listing = listing_frame(spark, listed)
-        run = run_stage(context, RAW_STAGE, listing, F.expr(RAW_REUSABLE), read_and_check, settings.rows_per_partition)
+        run = run_stage(
+            context,
+            RAW_STAGE,
+            listing,
+            F.expr(RAW_REUSABLE),
+            read_and_check,
+            settings.rows_per_partition,
+            (RAW_VERSION,),
+        )
         summary = raw_images_summary(run.computed, run.kept)
         seconds = round(time.perf_counter() - started, 2)
         context.log.info(f"raw_images: {len(listed)} files under {root} ({summary['images']} images) in {seconds}s")
-        yield dg.Output(
-            run.output,
-            metadata={
-                "images_root": root,
-                "rows": len(listed),
-                **run.metadata,
+        # A version with unreadable files is never kept whole: the next run tries them again.
+        yield run.result(
+            signature if not summary["unreadable"] else None,
+            {
+                **report,
                 **summary,
                 "rejected_at_listing": len(listed) - len(images),
-                "skipped_by_limit": skipped,
                 "classes": len({f.label for f in images}),
                 "images_per_class": dg.MetadataValue.md(markdown_table(*images_per_class(images))),
                 "thumbnails": dg.MetadataValue.md(markdown_image(thumbnails.result(), "one image per class")),
@@ -166,78 +247,93 @@ def rejections(raw_images) -> list[tuple]:
 PREPROCESSED_STAGE = Stage("preprocessed_images", keys=("path", "fingerprint"), columns=PREPROCESSED_COLUMNS)
 
 
-@spark_asset(kinds={"spark"})
+@spark_asset(kinds={"spark"}, code_version=DECODE_VERSION, deps=["input_size"])
 def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
     """Decoded, RGB, resized images as compact uint8 arrays."""
     from pyspark.sql import functions as F
 
     started, settings = time.perf_counter(), settings_of(context)
     size, bytes_per_image = settings.image_size, settings.image_size**2 * 3
+    report = {"image_size": size, "bytes_per_image": bytes_per_image, "max_pixels": MAX_PIXELS}
+    report["storage_note"] = (
+        f"uint8 RGB {size}x{size}x3 = {bytes_per_image:,} B/image, {PARQUET_CODEC}-compressed "
+        f"Parquet (float32 would be {bytes_per_image * 4:,} B)"
+    )
+    report["rejected_files"] = dg.MetadataValue.asset(dg.AssetKey("rejected_images"))
+    record_source(context, "input_size", input_size_version(size))
+    signature = signature_of(context, DECODE_VERSION, ("raw_images",), size)
+    if manifest := unchanged_version(context, "preprocessed_images", signature):
+        return unchanged_output(manifest, report)
     spark_for(context, "preprocessed_images")
-    usable = raw_images.where(F.col("reason").isNull())
-    rejected = sum(r[2] for r in rejections(raw_images))
 
     def decode(work, _counts):
         return preprocess_frame(work, size).withColumn("image_size", F.lit(size))
 
+    usable = raw_images.where(F.col("reason").isNull())
+    same_size = F.col("image_size") == size
     run = run_stage(
-        context, PREPROCESSED_STAGE, usable, F.col("image_size") == size, decode, settings.rows_per_partition
+        context, PREPROCESSED_STAGE, usable, same_size, decode, settings.rows_per_partition, (DECODE_VERSION, size)
     )
-    return dg.Output(
-        run.output,
-        metadata={
-            "rows": run.counts["reused"] + run.counts["computed"],
-            **run.metadata,
-            "image_size": size,
-            "bytes_per_image": bytes_per_image,
-            "storage_note": f"uint8 RGB {size}x{size}x3 = {bytes_per_image:,} B/image, {PARQUET_CODEC}-compressed "
-            f"Parquet (float32 would be {bytes_per_image * 4:,} B)",
-            "rejected": rejected,
-            "rejected_files": dg.MetadataValue.asset(dg.AssetKey("rejected_images")),
-            "max_pixels": MAX_PIXELS,
-            "setup_seconds": round(time.perf_counter() - started, 2),
-        },
-    )
+    rejected = sum(r[2] for r in rejections(raw_images))
+    rows = run.counts["reused"] + run.counts["computed"]
+    seconds = round(time.perf_counter() - started, 2)
+    return run.result(signature, {"rows": rows, **report, "rejected": rejected, "setup_seconds": seconds})
 
 
-@spark_asset(kinds={"spark"})
+@spark_asset(kinds={"spark"}, code_version=RAW_VERSION)
 def rejected_images(context: dg.AssetExecutionContext, raw_images):
     """Quarantine: every listed file that is not a usable image, and why."""
     from pyspark.sql import functions as F
 
+    signature = signature_of(context, RAW_VERSION, ("raw_images",))
+    if manifest := unchanged_version(context, "rejected_images", signature):
+        return unchanged_output(manifest)
     spark_for(context, "rejected_images")
     reasons = rejections(raw_images)
-    return dg.Output(
+    by_reason = (
+        markdown_table(["stage", "reason", "files"], [list(r) for r in reasons]) if reasons else "No file rejected."
+    )
+    return versioned_output(
         raw_images.where(F.col("reason").isNotNull()).select("path", "split", "label", "reason", "stage"),
-        metadata={
-            "rows": sum(r[2] for r in reasons),
-            "by_reason": dg.MetadataValue.md(
-                markdown_table(["stage", "reason", "files"], [list(r) for r in reasons])
-                if reasons
-                else "No file rejected."
-            ),
-        },
+        signature or digest(RAW_VERSION, [list(r) for r in reasons]),
+        signature,
+        {"rows": sum(r[2] for r in reasons), "by_reason": dg.MetadataValue.md(by_reason)},
     )
 
 
 # -- image_features -------------------------------------------------------------------------------
+def stored_image_size(preprocessed_images) -> int:
+    """The size of the stored arrays: from the version's manifest (no Spark), else (a DataFrame
+    given to the asset as a function) from the rows."""
+    manifest = getattr(preprocessed_images, "manifest", None)
+    if manifest and manifest.get("image_size"):
+        return manifest["image_size"]
+    sizes = [r["image_size"] for r in preprocessed_images.select("image_size").distinct().collect()]
+    if len(sizes) != 1:
+        raise FruitsConfigError(f"preprocessed_images holds no images, or mixed sizes: {sizes}")
+    return sizes[0]
+
+
 # An image whose path and bytes are unchanged keeps its vector, if it came from the same model
 # (weights, size, conversion: `model_key`).
 FEATURES_STAGE = Stage("image_features", keys=("path", "fingerprint"), columns=FEATURE_COLUMNS)
 
 
-@spark_asset(kinds={"spark", "tensorflow"})
+@spark_asset(kinds={"spark", "tensorflow"}, code_version=CONVERSION_VERSION, deps=["model_weights"])
 def image_features(context: dg.AssetExecutionContext, preprocessed_images):
     """1280-d MobileNetV2 (ImageNet-style, avg-pooled) feature vectors, one per image."""
     from pyspark.sql import functions as F
 
     started, settings, storage = time.perf_counter(), settings_of(context), context.resources.settings.storage()
-    spark = spark_for(context, "image_features")
-    sizes = [r["image_size"] for r in preprocessed_images.select("image_size").distinct().collect()]
-    if len(sizes) != 1:
-        raise FruitsConfigError(f"preprocessed_images holds no images, or mixed sizes: {sizes}")
-    size = validate_image_size(sizes[0])
+    size = validate_image_size(stored_image_size(preprocessed_images))
     weights = resolve_weights(settings.model_weights, size, storage)
+    key = model_key(weights.sha256, size)
+    record_source(context, "model_weights", model_weights_version(settings.model_weights, storage))
+    report = {"dimension": FEATURE_DIM, "image_size": size, "predict_batch_size": settings.predict_batch_size}
+    signature = signature_of(context, CONVERSION_VERSION, ("preprocessed_images",), key)
+    if manifest := unchanged_version(context, "image_features", signature):
+        return unchanged_output(manifest, {**report, **model_metadata(weights, key, None)})
+    spark = spark_for(context, "image_features")
     threads = settings.model_threads or int(spark.conf.get("spark.task.cpus", "1"))
     models = []  # the model, when there is something to featurize
 
@@ -245,25 +341,15 @@ def image_features(context: dg.AssetExecutionContext, preprocessed_images):
         models.append(feature_model(weights, size, storage, settings.model_cache_uri()))
         return featurize_frame(spark, work, models[0], threads, settings.predict_batch_size)
 
-    key = model_key(weights.sha256, size)
+    same_model = F.col("model_key") == key
     run = run_stage(
-        context, FEATURES_STAGE, preprocessed_images, F.col("model_key") == key, featurize, settings.rows_per_partition
+        context, FEATURES_STAGE, preprocessed_images, same_model, featurize, settings.rows_per_partition, (key,)
     )
     if not weights.meaningful:
         context.log.warning("image_features: weights=random: these features are NOT meaningful.")
-    return dg.Output(
-        run.output,
-        metadata={
-            "rows": run.counts["reused"] + run.counts["computed"],
-            **run.metadata,
-            "dimension": FEATURE_DIM,
-            "image_size": size,
-            **model_metadata(weights, key, models[0] if models else None),
-            "model_threads_per_worker": threads,
-            "predict_batch_size": settings.predict_batch_size,
-            "setup_seconds": round(time.perf_counter() - started, 2),
-        },
-    )
+    report.update(rows=run.counts["reused"] + run.counts["computed"], model_threads_per_worker=threads)
+    report.update(model_metadata(weights, key, models[0] if models else None))
+    return run.result(signature, {**report, "setup_seconds": round(time.perf_counter() - started, 2)})
 
 
 # -- pca_model ------------------------------------------------------------------------------------
@@ -271,7 +357,10 @@ class PcaConfig(dg.Config):
     train_split: str = Field(default=TRAIN_SPLIT, description="The split PCA is fitted on.")
 
 
-@spark_asset(kinds={"spark"})
+SCATTER_POINTS = 2000
+
+
+@spark_asset(kinds={"spark"}, code_version=PCA_VERSION, deps=["pca_settings"])
 def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, image_features) -> dg.Output:
     """Spark ML PCA fitted on the Training split, k chosen by explained variance."""
     from pyspark.ml.functions import vector_to_array
@@ -279,6 +368,11 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, image_featur
 
     started = time.perf_counter()
     settings = settings_of(context)
+    fit_settings = (settings.pca_variance, settings.pca_max_k, config.train_split)
+    record_source(context, "pca_settings", pca_settings_version(settings.pca_variance, settings.pca_max_k))
+    signature = signature_of(context, PCA_VERSION, ("image_features",), *fit_settings)
+    if manifest := unchanged_version(context, "pca_model", signature):
+        return unchanged_output(manifest)
     spark = spark_for(context, "pca_model")
     train = as_vectors(image_features.where(F.col("split") == config.train_split)).select("features", "label").cache()
     train_rows = train.count()
@@ -313,10 +407,8 @@ def pca_model(context: dg.AssetExecutionContext, config: PcaConfig, image_featur
     metadata["first_two_components"] = dg.MetadataValue.md(
         markdown_image(scatter_plot(scores, [r["label"] for r in sample]), "pc_1 vs pc_2")
     )
-    return dg.Output(model, metadata=metadata)
-
-
-SCATTER_POINTS = 2000
+    data_version = signature or digest(PCA_VERSION, model.k, float(model.cumulative_variance), train_rows)
+    return versioned_output(model, data_version, signature, metadata)
 
 
 def pca_metadata(model: PcaModel, seconds: float) -> dict:
@@ -332,14 +424,19 @@ def pca_metadata(model: PcaModel, seconds: float) -> dict:
 
 
 # -- pca_features_csv -----------------------------------------------------------------------------
-@spark_asset(kinds={"spark", "csv"})
+@spark_asset(kinds={"spark", "csv"}, code_version=CSV_VERSION)
 def pca_features_csv(context: dg.AssetExecutionContext, image_features, pca_model: PcaModel):
     """One CSV: path, label, split and the k principal components of every valid image."""
+    signature = signature_of(context, CSV_VERSION, ("image_features", "pca_model"))
+    if manifest := unchanged_version(context, "pca_features_csv", signature):
+        return unchanged_output(manifest, {"k": pca_model.k})
     spark_for(context, "pca_features_csv")
     projected = project_frame(image_features, pca_model.spark_model)
-    return dg.Output(
+    return versioned_output(
         CsvTable(projected, pca_model.k, "pca_features.csv"),
-        metadata={"columns": 3 + pca_model.k, "k": pca_model.k},
+        signature or digest(CSV_VERSION, pca_model.k),
+        signature,
+        {"columns": 3 + pca_model.k, "k": pca_model.k},
     )
 
 
@@ -347,8 +444,9 @@ def pca_features_csv(context: dg.AssetExecutionContext, image_features, pca_mode
 @dg.asset(
     group_name=GROUP,
     kinds={"scikitlearn"},
-    code_version="1",
+    code_version=EVALUATION_VERSION,
     required_resource_keys={"settings"},
+    automation_condition=EAGER,
     check_specs=[
         dg.AssetCheckSpec(
             "accuracy_above_floor",
@@ -361,10 +459,16 @@ def pca_features_csv(context: dg.AssetExecutionContext, image_features, pca_mode
 def pca_quality(context: dg.AssetExecutionContext, pca_features_csv):
     """Are k and the input size good enough? Logistic regression on Training rows, scored on Test."""
     floor = settings_of(context).min_accuracy
+    signature = signature_of(context, EVALUATION_VERSION, ("pca_features_csv",))
+    if manifest := unchanged_version(context, "pca_quality", signature):
+        accuracy = context.resources.io_manager.load_manifest(manifest)["accuracy"]
+        yield unchanged_output(manifest, {"accuracy": round(accuracy, 4)})
+        yield accuracy_check(accuracy, floor)
+        return
     result = evaluate(pca_features_csv)
     per_class = result.per_class.round(3)
     context.log.info(f"pca_quality: accuracy {result.accuracy:.3f}, macro F1 {result.macro_f1:.3f}")
-    yield dg.Output(
+    yield versioned_output(
         {
             "accuracy": result.accuracy,
             "macro_f1": result.macro_f1,
@@ -372,7 +476,9 @@ def pca_quality(context: dg.AssetExecutionContext, pca_features_csv):
             "train_rows": result.train_rows,
             "test_rows": result.test_rows,
         },
-        metadata={
+        signature or digest(EVALUATION_VERSION, result.accuracy, result.train_rows, result.test_rows),
+        signature,
+        {
             "accuracy": round(result.accuracy, 4),
             "macro_f1": round(result.macro_f1, 4),
             "train_rows": result.train_rows,
@@ -384,9 +490,13 @@ def pca_quality(context: dg.AssetExecutionContext, pca_features_csv):
             ),
         },
     )
-    yield dg.AssetCheckResult(
+    yield accuracy_check(result.accuracy, floor)
+
+
+def accuracy_check(accuracy: float, floor: float) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
         check_name="accuracy_above_floor",
-        passed=result.accuracy >= floor,
+        passed=accuracy >= floor,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"accuracy": round(result.accuracy, 4), "floor": floor},
+        metadata={"accuracy": round(accuracy, 4), "floor": floor},
     )

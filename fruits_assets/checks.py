@@ -11,7 +11,13 @@ version instead of making it current (it asks Dagster for the asset's blocking c
 `io_managers.blocking_checks_in_run`); when the check passes, `publish_if_passed` makes the version
 current; when it fails, the previous version stays current. Every blocking check is made by
 `publishing_check` (a test holds every check to it).
+
+A version never changes, so a check's result on it is kept in its manifest (`checked`): a run in
+which the version was not made anew (nothing new: the asset step found it unchanged) reuses the
+result, and neither starts Spark nor reads Parquet to say again what it said.
 """
+
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -26,6 +32,26 @@ from fruits_assets.constants import FEATURE_DIM, TRAIN_SPLIT
 
 # Checks read Spark outputs: on EMR they run on the cluster too (the step launcher).
 SPARK_CHECK_RESOURCES = {"pyspark", "pyspark_step_launcher", "io_manager"}
+# Changing what a check computes changes this, so results kept in manifests are computed again.
+CHECKS_VERSION = "checks-v1"
+
+
+def checked(context, compute: Callable[[], tuple[bool, dict]]) -> tuple[bool, dict]:
+    """(passed, metadata) of this check on the version of its asset that this run reads:
+    computed, or, when that version was not made in this run and this check already ran on it,
+    the result kept in its manifest. A computed result is kept there."""
+    [spec] = context.check_specs
+    asset, check, run_id = spec.asset_key.to_user_string(), spec.name, context.run.run_id
+    store = context.resources.io_manager.store()
+    staged = store.staged(asset, run_id)
+    manifest = staged or store.for_run(asset, run_id)
+    kept = (manifest.get("checks") or {}).get(check)
+    if staged is None and kept and kept.get("code") == CHECKS_VERSION:
+        return kept["passed"], {**kept["metadata"], "result": f"kept from version {manifest['version']} (unchanged)"}
+    passed, metadata = compute()
+    record = {"passed": passed, "metadata": metadata, "code": CHECKS_VERSION}
+    store.record_check(asset, run_id, manifest["version"], check, record)
+    return passed, metadata
 
 
 # The metadata mark of a check made by `publishing_check` (a test finds every blocking check has it).
@@ -47,9 +73,11 @@ def publishing_check(asset, name: str, description: str, *others: str):
     )
 
 
-def publish_if_passed(context, passed: bool, metadata: dict) -> dg.AssetCheckResult:
-    """The result of a `publishing_check`; when it passed, this run's staged version of the
-    check's asset becomes current. The metadata says which version is current, and why."""
+def publish_if_passed(context, compute: Callable[[], tuple[bool, dict]]) -> dg.AssetCheckResult:
+    """The result of a `publishing_check` (`compute`: (passed, metadata), see `checked`); when it
+    passed, this run's staged version of the check's asset becomes current. The metadata says
+    which version is current, and why."""
+    passed, metadata = checked(context, compute)
     [spec] = context.check_specs
     check, asset = spec.name, spec.asset_key.to_user_string()
     io_manager = context.resources.io_manager
@@ -79,11 +107,12 @@ def reconcile(listed: int, preprocessed: int, rejected: int) -> bool:
     "raw_images",
 )
 def counts_reconcile(context, preprocessed_images, raw_images) -> dg.AssetCheckResult:
-    listed, valid = raw_images.count(), preprocessed_images.count()
-    rejected = raw_images.where("reason IS NOT NULL").count()
-    return publish_if_passed(
-        context, reconcile(listed, valid, rejected), {"listed": listed, "preprocessed": valid, "rejected": rejected}
-    )
+    def compute():
+        listed, valid = raw_images.count(), preprocessed_images.count()
+        rejected = raw_images.where("reason IS NOT NULL").count()
+        return reconcile(listed, valid, rejected), {"listed": listed, "preprocessed": valid, "rejected": rejected}
+
+    return publish_if_passed(context, compute)
 
 
 def bad_vector():
@@ -112,12 +141,13 @@ def bad_vector():
 def vectors_complete_and_finite(context, image_features, preprocessed_images) -> dg.AssetCheckResult:
     from pyspark.sql import functions as F
 
-    counts = image_features.agg(F.count(F.lit(1)).alias("rows"), F.sum(bad_vector().cast("int")).alias("bad")).first()
-    rows, bad = counts["rows"], counts["bad"] or 0
-    images = preprocessed_images.count()
-    return publish_if_passed(
-        context, rows == images and bad == 0, {"feature_rows": rows, "preprocessed_images": images, "bad_vectors": bad}
-    )
+    def compute():
+        bad = F.sum(bad_vector().cast("int")).alias("bad")
+        counts = image_features.agg(F.count(F.lit(1)).alias("rows"), bad).first()
+        rows, bad, images = counts["rows"], counts["bad"] or 0, preprocessed_images.count()
+        return rows == images and bad == 0, {"feature_rows": rows, "preprocessed_images": images, "bad_vectors": bad}
+
+    return publish_if_passed(context, compute)
 
 
 @dg.asset_check(
@@ -146,14 +176,14 @@ def variance_target_reached(pca_model) -> dg.AssetCheckResult:
     "pca_model",
 )
 def csv_matches_features(context, pca_features_csv, image_features, pca_model) -> dg.AssetCheckResult:
-    expected_header = ["path", "label", "split", *[f"pc_{i}" for i in range(1, pca_model.k + 1)]]
-    rows, features = len(pca_features_csv), image_features.count()
-    header_ok = list(pca_features_csv.columns) == expected_header
-    return publish_if_passed(
-        context,
-        header_ok and rows == features,
-        {"csv_rows": rows, "feature_rows": features, "header_ok": header_ok, "k": pca_model.k},
-    )
+    def compute():
+        expected_header = ["path", "label", "split", *[f"pc_{i}" for i in range(1, pca_model.k + 1)]]
+        rows, features = len(pca_features_csv), image_features.count()
+        header_ok = list(pca_features_csv.columns) == expected_header
+        metadata = {"csv_rows": rows, "feature_rows": features, "header_ok": header_ok, "k": pca_model.k}
+        return header_ok and rows == features, metadata
+
+    return publish_if_passed(context, compute)
 
 
 @dg.asset_check(
@@ -162,19 +192,19 @@ def csv_matches_features(context, pca_features_csv, image_features, pca_model) -
     description="Every class in the Test split also has Training images (a warning otherwise).",
     required_resource_keys=SPARK_CHECK_RESOURCES,
 )
-def training_covers_test_labels(raw_images) -> dg.AssetCheckResult:
+def training_covers_test_labels(context, raw_images) -> dg.AssetCheckResult:
     from pyspark.sql import functions as F
 
-    labels = (
-        raw_images.where(F.col("reason").isNull())
-        .groupBy("split")
-        .agg(F.collect_set("label").alias("labels"))
-        .collect()  # one row per split: a few class names
-    )
-    by_split = {r["split"]: set(r["labels"]) for r in labels}
-    missing = sorted(by_split.get("Test", set()) - by_split.get(TRAIN_SPLIT, set()))
-    return dg.AssetCheckResult(
-        passed=not missing,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"test_labels_missing_from_training": ", ".join(missing) or "none"},
-    )
+    def compute():
+        labels = (
+            raw_images.where(F.col("reason").isNull())
+            .groupBy("split")
+            .agg(F.collect_set("label").alias("labels"))
+            .collect()  # one row per split: a few class names
+        )
+        by_split = {r["split"]: set(r["labels"]) for r in labels}
+        missing = sorted(by_split.get("Test", set()) - by_split.get(TRAIN_SPLIT, set()))
+        return not missing, {"test_labels_missing_from_training": ", ".join(missing) or "none"}
+
+    passed, metadata = checked(context, compute)
+    return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)

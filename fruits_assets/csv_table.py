@@ -47,6 +47,8 @@ class CsvTable:
 
 
 ORDER = ("split", "label", "path")
+# Changing the file's columns, order or number format changes this (pca_features_csv's code version).
+CSV_VERSION = "path-label-split-pcs-9g-v1"
 
 
 def write_csv(projected, k: int, local_file: str) -> int:

@@ -16,6 +16,10 @@ from PIL import Image, ImageFile
 # A Fruits-360 photo is 100x100; 50 megapixels is far beyond any real fruit photo and far below
 # what would exhaust a worker's memory. Checked from the header, before any pixel is decoded.
 MAX_PIXELS = 50_000_000
+# Changing what `open_image` accepts changes CHECK_VERSION (raw_images' verdicts); changing how an
+# image becomes an array changes DECODE_VERSION (preprocessed_images): their code versions.
+CHECK_VERSION = "jpeg-png-50mp-rgb-v1"
+DECODE_VERSION = "rgb-white-bilinear-uint8-v1"
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is a rejected image, not a grey one
 
 

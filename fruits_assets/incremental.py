@@ -19,10 +19,21 @@ How a new version stores the reused rows (`reuse_plan` decides):
 
 The IO manager stores an `IncrementalFrame` and reads a version back with `read_version`;
 `versions.py` never deletes a folder that a kept version inherits from (`versions_read_by`).
+
+Whole versions are reused too. Each asset's version records a data version (a digest of what it
+holds: its rows' keys and the settings that made them, or its inputs' data versions) and the
+signature of what it was made from (its inputs' data versions, its settings, its code version).
+A step whose signature is its current version's finds nothing new (`unchanged_version`): it
+returns `Unchanged`, records the same data version in Dagster and computes nothing. Its inputs
+are `StoredFrame`s, read on first use, so such a step neither starts Spark nor reads Parquet.
+Dagster's own provenance is not used for this decision: a `dagster asset materialize` without a
+DAGSTER_HOME keeps no history, and on EMR the stored manifests are what every step can read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -99,6 +110,111 @@ def versions_read_by(manifest: dict | None) -> set[str]:
     return {manifest.get("version"), *(relative.split("/")[0] for relative in manifest.get("inherits", []))}
 
 
+class StoredFrame:
+    """A stored Parquet version as a step's input: its manifest at once, its Spark DataFrame on
+    first use. Anything else is the DataFrame's (`raw_images.where(...)`, `join(stored)`), so an
+    asset reads it as a DataFrame, and a step that finds nothing new never starts Spark."""
+
+    def __init__(self, manifest: dict, load: Callable):
+        self.manifest = manifest
+        self._load = load
+        self._frame = None
+
+    @property
+    def frame(self):
+        if self._frame is None:
+            self._frame = self._load()
+        return self._frame
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("manifest", "_load", "_frame"):
+            raise AttributeError(name)
+        return getattr(self.frame, name)
+
+    def __getitem__(self, item):
+        return self.frame[item]
+
+    def __repr__(self) -> str:
+        return f"StoredFrame({self.manifest.get('asset')} {self.manifest.get('version')})"
+
+
+# -- whole versions: data versions, signatures, unchanged steps -----------------------------------------
+def digest(*parts) -> str:
+    """A short, stable digest of JSON-able parts (a data version, a signature)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def keys_digest(keys: pd.DataFrame, *settings) -> str:
+    """The data version of rows identified by `keys` (path and content hash), made with `settings`."""
+    rows = sorted(keys.astype(str).itertuples(index=False, name=None))
+    return digest([list(row) for row in rows], *settings)
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """An asset's output when it was made from the same inputs and settings as its current
+    version: that version stays current, nothing is computed or written."""
+
+    manifest: dict
+
+
+def input_versions(context, *assets: str) -> dict | None:
+    """{asset: data version} of the versions this run reads for `assets`, from their manifests
+    (none is read); None outside a run (an asset invoked as a function) or when one has none."""
+    io_manager = getattr(context.resources, "io_manager", None)
+    if not hasattr(io_manager, "store"):
+        return None
+    store = io_manager.store()
+    versions = {asset: store.for_run(asset, context.run.run_id).get("data_version") for asset in assets}
+    return versions if all(versions.values()) else None
+
+
+def current_version(context, asset: str) -> dict | None:
+    """The manifest of the asset's version this run started with (None: none, or no run)."""
+    io_manager = getattr(context.resources, "io_manager", None)
+    if not hasattr(io_manager, "store"):
+        return None
+    return io_manager.store().started_with(asset, context.run.run_id)
+
+
+def unchanged_version(context, asset: str, signature: str | None) -> dict | None:
+    """The asset's version this run started with, if it was made from the same inputs and
+    settings (`signature`, None: unknown): this run's step then computes nothing."""
+    manifest = current_version(context, asset) if signature is not None else None
+    if manifest and manifest.get("signature") == signature and manifest.get("data_version"):
+        return manifest
+    return None
+
+
+def unchanged_output(manifest: dict, metadata: dict | None = None):
+    """What a step that found nothing new returns: the same data version, and why."""
+    import dagster as dg
+
+    return dg.Output(
+        Unchanged(manifest),
+        data_version=dg.DataVersion(manifest["data_version"]),
+        metadata={
+            "unchanged": f"inputs and settings as for version {manifest['version']}: nothing computed, it stays current",
+            "version": manifest["version"],
+            **({"rows": manifest["rows"]} if manifest.get("rows") is not None else {}),
+            "data_version": manifest["data_version"],
+            "signature": manifest.get("signature") or "",
+            **(metadata or {}),
+        },
+    )
+
+
+def versioned_output(value, data_version: str, signature: str | None, metadata: dict):
+    """A step's new output, with its data version (for Dagster) and signature (for the next run)."""
+    import dagster as dg
+
+    return dg.Output(
+        value,
+        data_version=dg.DataVersion(data_version),
+        metadata={**metadata, "data_version": data_version, "signature": signature or ""},
+    )
+
+
 # -- planning a stage --------------------------------------------------------------------------------
 @dataclass
 class ReusePlan:
@@ -122,6 +238,7 @@ class ReusePlan:
     excluded: list = field(default_factory=list)
     scanned_rows: int = 0  # rows the job that writes the new version reads (new + copied)
     kept: pd.DataFrame | None = None
+    input_keys: pd.DataFrame | None = None  # the keys of every input row: the new version's rows
 
     def output(self, computed):
         """The new version: the computed rows, the copied rows, and the inherited files (a plain
@@ -154,8 +271,16 @@ def reuse_plan(stored, valid, current, keys: list[str], columns, reported: tuple
     from pyspark.sql import functions as F
 
     if stored is None:
-        rows = current.count()
-        return ReusePlan([], None, current, {"reused": 0, "computed": rows, "removed": 0}, scanned_rows=rows)
+        keys_of_inputs = current.select(*keys).toPandas()
+        rows = len(keys_of_inputs)
+        return ReusePlan(
+            [],
+            None,
+            current,
+            {"reused": 0, "computed": rows, "removed": 0},
+            scanned_rows=rows,
+            input_keys=keys_of_inputs,
+        )
     files = [unquote(file) for file in stored.inputFiles()]  # URL-encoded URIs
     rows_in_files = (  # every row of the stored files, excluded ones included
         stored.sparkSession.read.schema(stored.schema).parquet(*files).select(stored_file().alias("_file"), "path")
@@ -204,7 +329,9 @@ def reuse_plan(stored, valid, current, keys: list[str], columns, reported: tuple
     copied_rows = 0 if inherited else reused
     copy_reads = 0 if inherited else int(per_file["rows"].sum())  # the excluded rows too
     kept_rows = rows_as_read[rows_as_read["_kept"]][[*keys, *reported]]
-    return ReusePlan(sorted(inherited), copied, new, counts, copied_rows, excluded, scanned + copy_reads, kept_rows)
+    return ReusePlan(
+        sorted(inherited), copied, new, counts, copied_rows, excluded, scanned + copy_reads, kept_rows, inputs[keys]
+    )
 
 
 def _new_rows(current, inputs: pd.DataFrame, stored_keys: pd.DataFrame, stored_frame, keys: list[str]):
@@ -265,12 +392,14 @@ class Stage:
 
 @dataclass
 class StageRun:
-    """A stage's outcome: the new version to store, what was computed, what was reused."""
+    """A stage's outcome: the new version to store (or the current one, unchanged), what was
+    computed, what was reused, and the data version of what the asset now holds."""
 
-    output: object  # a DataFrame, or an IncrementalFrame
+    output: object  # a DataFrame, an IncrementalFrame, or Unchanged
     computed: object  # the DataFrame of the rows computed in this run (lazy)
     counts: dict  # reused, computed, removed
     kept: pd.DataFrame | None  # the reused rows' keys and reported columns
+    data_version: str
 
     @property
     def metadata(self) -> dict:
@@ -278,41 +407,51 @@ class StageRun:
         by_reference = self.counts["reused"] if isinstance(self.output, IncrementalFrame) else 0
         return {**self.counts, "reused_by_reference": by_reference}
 
+    def result(self, signature: str | None, metadata: dict):
+        """The step's Output: the new version, or the current one if it holds the same rows."""
+        if isinstance(self.output, Unchanged):
+            return unchanged_output(self.output.manifest, {**self.metadata, **metadata})
+        return versioned_output(self.output, self.data_version, signature, {**self.metadata, **metadata})
+
 
 def previous_version(context, stage: Stage):
     """The stage asset's version that was current when this run started, if it has the stage's
-    columns (a version written before them cannot be reused): what the stage starts from. None
-    for an asset invoked directly (a unit test): then everything is computed."""
-    io_manager = getattr(context.resources, "io_manager", None)
-    if not hasattr(io_manager, "started_with"):
-        return None
-    previous = io_manager.started_with(stage.asset, context.run.run_id)
+    columns (a version written before them cannot be reused), with its manifest: what the stage
+    starts from. (None, None) for an asset invoked directly (a unit test): all is computed."""
+    manifest = current_version(context, stage.asset)
+    previous = context.resources.io_manager.load_manifest(manifest) if manifest is not None else None
     if previous is None or not set(stage.columns) <= set(previous.columns):
-        return None
-    return previous
+        return None, None
+    return previous, manifest
 
 
-def run_stage(context, stage: Stage, inputs, same_settings, compute: Callable, rows_per_partition: int) -> StageRun:
+def run_stage(
+    context, stage: Stage, inputs, same_settings, compute: Callable, rows_per_partition: int, settings: tuple
+) -> StageRun:
     """Plan, size, compute and report one incremental stage.
 
     `inputs`: the stage's input rows (a stored asset, or raw_images' listing); `same_settings`:
-    a Column true for stored rows made with this run's settings; `compute(work, counts)`: the
-    stage's own work on the rows to compute (a DataFrame in partitions of about
-    `rows_per_partition` rows), returning rows of the stage's columns. Nothing is computed when
-    nothing is new: the version is then the reused rows.
+    a Column true for stored rows made with this run's settings, `settings` the same as values
+    (part of the data version); `compute(work, counts)`: the stage's own work on the rows to
+    compute (a DataFrame in partitions of about `rows_per_partition` rows), returning rows of the
+    stage's columns. Nothing is computed when nothing is new; when the stage would hold exactly
+    the rows of its current version, that version stays (`Unchanged`).
     """
     from fruits_assets.spark_jobs import repartition_for_work, size_file_scans
 
-    previous = previous_version(context, stage)
+    previous, manifest = previous_version(context, stage)
     plan = reuse_plan(previous, same_settings, inputs, list(stage.keys), stage.columns, stage.reported)
     counts = plan.counts
+    data_version = keys_digest(plan.input_keys, *settings)
+    context.log.info(
+        f"{stage.asset}: {counts['computed']} rows to compute, {counts['reused']} reused, "
+        f"{counts['removed']} removed since the last version"
+    )
+    if manifest is not None and manifest.get("data_version") == data_version and not counts["computed"]:
+        return StageRun(Unchanged(manifest), previous.limit(0), counts, plan.kept, data_version)
     if counts["computed"] or previous is None:
         size_file_scans(inputs.sparkSession, max(counts["computed"], plan.scanned_rows), rows_per_partition)
         computed = compute(repartition_for_work(plan.new, counts["computed"], rows_per_partition), counts)
     else:  # nothing new: the version is the reused rows (an empty frame of the stored columns)
         computed = previous.select(*stage.columns).limit(0)
-    context.log.info(
-        f"{stage.asset}: {counts['computed']} rows to compute, {counts['reused']} reused, "
-        f"{counts['removed']} removed since the last version"
-    )
-    return StageRun(plan.output(computed), computed, counts, plan.kept)
+    return StageRun(plan.output(computed), computed, counts, plan.kept, data_version)

@@ -23,11 +23,9 @@ import time
 from dataclasses import dataclass
 
 import dagster as dg
-from dagster import ResourceDependency
-from pydantic import PrivateAttr
 
 from fruits_assets.errors import FruitsConfigError, config_errors_fail_once, spark_filesystem_errors
-from fruits_assets.incremental import IncrementalFrame, read_version
+from fruits_assets.incremental import IncrementalFrame, StoredFrame, Unchanged, read_version
 from fruits_assets.progress import SparkProgress
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.spark import SparkResource
@@ -103,13 +101,28 @@ class _SavedSparkModels:
 _saved_spark_models = _SavedSparkModels()
 
 
-class FruitsIOManager(dg.ConfigurableIOManager):
-    """Stores each asset as versions under the run's assets URI; see the module docstring."""
+@dg.io_manager(required_resource_keys={"settings", "pyspark"})
+def fruits_io_manager(context: dg.InitResourceContext):
+    """The `io_manager` resource: a `FruitsIOManager` on the run's settings (the `settings`
+    resource as this run configured it), holding the root's writer lock for the whole run."""
+    manager = FruitsIOManager(context.resources.settings, context.resources.pyspark)
+    manager.lock_for_run(context)
+    try:
+        yield manager
+    finally:
+        manager.release()
 
-    settings: ResourceDependency[FruitsSettings]
-    pyspark: ResourceDependency[SparkResource]
 
-    _lock: RunLock | None = PrivateAttr(default=None)
+class FruitsIOManager(dg.IOManager):
+    """Stores each asset as versions under the run's assets URI; see the module docstring.
+
+    A plain IOManager built by `fruits_io_manager` from the run's `settings` resource, not a
+    ConfigurableIOManager holding one: a resource nested in another keeps the values it was
+    built with, so run config given to `settings` (the launchpad) would not reach it."""
+
+    def __init__(self, settings: FruitsSettings, pyspark: SparkResource):
+        self.settings, self.pyspark = settings, pyspark
+        self._lock: RunLock | None = None
 
     def base_uri(self) -> str:
         return self.settings.assets_uri()
@@ -118,7 +131,7 @@ class FruitsIOManager(dg.ConfigurableIOManager):
         return VersionStore(self.base_uri(), self.settings.storage())
 
     # -- a run: the writer lock and the run's snapshot -----------------------------------------
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+    def lock_for_run(self, context: dg.InitResourceContext) -> None:
         run = context.dagster_run
         if run is None:  # built outside a run (a test, a notebook): reads only
             return
@@ -133,7 +146,7 @@ class FruitsIOManager(dg.ConfigurableIOManager):
             store.snapshot(run.run_id)
         self._lock = lock
 
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+    def release(self) -> None:
         if self._lock is not None:
             self._lock.release()
 
@@ -151,12 +164,19 @@ class FruitsIOManager(dg.ConfigurableIOManager):
     def _handle_output(self, context: dg.OutputContext, obj) -> None:
         if obj is None:
             return
-        started = time.perf_counter()
         store, asset = self.store(), context.asset_key.to_user_string()
+        if isinstance(obj, Unchanged):  # the current version stays: nothing to write or publish
+            location = store.location(obj.manifest)
+            context.add_output_metadata(
+                {"stored_at": dg.MetadataValue.path(location), "publication": "current (unchanged)"}
+            )
+            return
+        started = time.perf_counter()
         version, uri = store.new_version(asset, context.run_id)
         folder = VersionFolder(uri, store.storage, lambda: self.pyspark.spark_session, store.asset_dir(asset))
         manifest, metadata = self._save(obj, folder, context)
-        store.stage(asset, context.run_id, {**manifest, "version": version})
+        recorded = {key: _metadata_value(context.output_metadata.get(key)) for key in MANIFEST_METADATA}
+        store.stage(asset, context.run_id, {**manifest, **recorded, "version": version})
         audited_by = blocking_checks_in_run(context)
         if audited_by:
             publication = f"staged: becomes current when the blocking check {', '.join(audited_by)} passes"
@@ -216,16 +236,14 @@ class FruitsIOManager(dg.ConfigurableIOManager):
 
     # -- reading ------------------------------------------------------------------------------
     def load_input(self, context: dg.InputContext):
+        """The version this run reads (outside a run, e.g. `Definitions.load_asset_value`: the
+        current one). In a run a Parquet asset comes as a `StoredFrame`, read on first use."""
         with config_errors_fail_once():
-            # Outside a run (a notebook, a test) there is no run: the current version.
             run_id = context.step_context.run_id if context._step_context is not None else None
-            return self.load_manifest(self.store().for_run(context.asset_key.to_user_string(), run_id))
-
-    def started_with(self, asset: str, run_id: str):
-        """The value of `asset` that was current when the run started, or None: what an
-        incremental asset reuses (never another run's newer version)."""
-        manifest = self.store().started_with(asset, run_id)
-        return self.load_manifest(manifest) if manifest is not None else None
+            manifest = self.store().for_run(context.asset_key.to_user_string(), run_id)
+            if run_id is not None and manifest["format"] == "parquet":
+                return StoredFrame(manifest, lambda: self.load_manifest(manifest))
+            return self.load_manifest(manifest)
 
     def current(self, asset_key: dg.AssetKey) -> dict:
         """The published manifest of an asset (what users and new runs read)."""
@@ -275,6 +293,16 @@ def blocking_checks_in_run(context: dg.OutputContext) -> list[str]:
         for key in graph.asset_check_keys
         if key.asset_key == context.asset_key and graph.get(key).blocking and (selected is None or key in selected)
     )
+
+
+# Output metadata the manifest keeps: what later steps decide on without reading the data (its
+# data version, what it was made from, the size of its arrays).
+MANIFEST_METADATA = ("data_version", "signature", "image_size", "rows")
+
+
+def _metadata_value(value):
+    value = getattr(value, "value", value)  # a MetadataValue or a plain value
+    return value if value not in ("", None) else None
 
 
 def _metadata_number(value):

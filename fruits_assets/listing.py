@@ -10,6 +10,8 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+# Changing how files are labelled or rejected by name and place changes this (raw_images' code version).
+LAYOUT_VERSION = "split-class-file-v1"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "icon\r"}
 
@@ -69,12 +71,17 @@ def apply_limit(files: list[ListedFile], limit_per_class: int | None) -> tuple[l
 
 
 def list_images(
-    storage, root: str, limit_per_class: int | None = None, splits: list[str] | None = None
+    storage,
+    root: str,
+    limit_per_class: int | None = None,
+    splits: list[str] | None = None,
+    versions: dict[str, str] | None = None,
 ) -> tuple[list[ListedFile], int]:
     """All files under `root` (only under the `splits` top folders, if given), classified,
     identified (`Storage.identity`: an image's content hash is read here, locally) and sorted by
-    path; and how many the limit skipped."""
-    versions = dict(storage.list_versions(root))
+    path; and how many the limit skipped. `versions`: the root's listing, if already made
+    (`Storage.list_versions`)."""
+    versions = dict(storage.list_versions(root)) if versions is None else versions
     files = [classify(root, p) for p in versions]
     if splits:
         files = [f for f in files if f.split in splits]

@@ -20,6 +20,9 @@ import numpy as np
 
 from fruits_assets.errors import FruitsConfigError
 
+# Changing how the model is fitted or chosen changes this (pca_model's code version).
+PCA_VERSION = "spark-ml-centered-pca-signs-v1"
+
 
 def choose_k(explained_variance: np.ndarray, target: float, max_k: int) -> tuple[int, bool]:
     """Smallest k whose cumulative explained-variance ratio reaches `target`, capped at `max_k`.

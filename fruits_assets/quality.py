@@ -22,6 +22,10 @@ class Evaluation:
     test_rows: int
 
 
+# Changing the evaluation changes this (pca_quality's code version).
+EVALUATION_VERSION = "logreg-training-to-test-v1"
+
+
 def evaluate(table: pd.DataFrame, train_split: str = TRAIN_SPLIT, test_split: str = "Test") -> Evaluation:
     """Logistic regression on the pc_* columns of the PCA CSV: Training -> Test."""
     from sklearn.linear_model import LogisticRegression

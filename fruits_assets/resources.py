@@ -12,9 +12,9 @@ Assets never branch on the deployment.
 import dagster as dg
 
 from fruits_assets.errors import FruitsConfigError
-from fruits_assets.io_managers import FruitsIOManager
+from fruits_assets.io_managers import fruits_io_manager
 from fruits_assets.settings import FruitsSettings
-from fruits_assets.spark import SparkResource
+from fruits_assets.spark import spark_resource
 
 
 @dg.resource(required_resource_keys={"settings"})
@@ -35,27 +35,12 @@ def step_launcher(context: dg.InitResourceContext):
 
 
 def fruits_resources(settings: FruitsSettings | None = None) -> dict:
-    """The resources, all reading `settings` (by default: the run's, from its config and env)."""
-    settings = settings if settings is not None else FruitsSettings.configure_at_launch()
-    spark = SparkResource(settings=settings)
+    """The resources, all reading `settings` (by default every setting empty: each run takes its
+    run config, else the environment when it starts). A plain resource, not one configured at
+    launch, so that Dagster can build it outside a run too (`Definitions.load_asset_value`)."""
     return {
-        "settings": settings,
-        "pyspark": spark,
+        "settings": settings if settings is not None else FruitsSettings(),
+        "pyspark": spark_resource,
         "pyspark_step_launcher": step_launcher,
-        "io_manager": FruitsIOManager(settings=settings, pyspark=spark),
+        "io_manager": fruits_io_manager,
     }
-
-
-def load_asset_value(asset: str, settings: FruitsSettings | None = None):
-    """The current (published) value of `asset`, as the next run would read it: a Spark
-    DataFrame for the Parquet assets (a local Spark session is started on first use), a
-    `PcaModel`, a pandas DataFrame for `pca_features_csv`, a dict for `pca_quality`.
-
-    For notebooks and scripts; the settings default to the environment's (FRUITS_OUTPUT_ROOT, or
-    FRUITS_DEPLOYMENT=emr with its bucket and prefix: the CSV and the PCA model load from S3
-    through boto3, Parquet assets need Spark with an S3 connector, i.e. the cluster).
-    (`Definitions.load_asset_value` cannot build the run-time `settings` resource outside a run.)
-    """
-    resources = fruits_resources(settings if settings is not None else FruitsSettings())
-    manager: FruitsIOManager = resources["io_manager"]
-    return manager.load_manifest(manager.current(dg.AssetKey(asset)))

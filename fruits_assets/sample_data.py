@@ -15,6 +15,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 SAMPLE_SEED = 360
 IMAGE_SIZE = 100
+# The sample's data version as the `photos` asset observes it: changing what `generate_sample`
+# draws changes this.
+SAMPLE_VERSION = "synthetic-sample-360-v1"
 
 # name: (body colour, shape, texture colour or None, leaf colour or None)
 CLASSES = {

@@ -9,8 +9,6 @@ import os
 import sys
 
 import dagster as dg
-from dagster import ResourceDependency
-from pydantic import PrivateAttr
 
 from fruits_assets.settings import FruitsSettings
 
@@ -95,12 +93,18 @@ def local_session(settings: FruitsSettings):
         return builder.getOrCreate()
 
 
-class SparkResource(dg.ConfigurableResource):
-    """The `pyspark` resource: the run's Spark session, started on first use."""
+@dg.resource(required_resource_keys={"settings"})
+def spark_resource(context: dg.InitResourceContext):
+    """The `pyspark` resource: the run's Spark session (its settings), started on first use."""
+    return SparkResource(context.resources.settings)
 
-    settings: ResourceDependency[FruitsSettings]
 
-    _session: object = PrivateAttr(default=None)
+class SparkResource:
+    """The run's Spark session, started on first use (a step that needs no Spark starts none)."""
+
+    def __init__(self, settings: FruitsSettings):
+        self.settings = settings
+        self._session = None
 
     @property
     def spark_session(self):

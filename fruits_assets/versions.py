@@ -114,6 +114,16 @@ class VersionStore:
         self.clean_up(asset, keep=versions_read_by(manifest) | versions_read_by(previous), run_id=run_id)
         return manifest
 
+    def record_check(self, asset: str, run_id: str, version: str, check: str, record: dict) -> None:
+        """Keep a check's result in the manifests of the version it checked (this run's staged
+        one, and the current one if it is that version already): a later run that reads the same
+        version reuses it."""
+        for uri in (join(self.asset_dir(asset), STAGED, f"{run_id}.json"), join(self.asset_dir(asset), CURRENT)):
+            manifest = self._read_json(uri)
+            if manifest is not None and manifest.get("version") == version:
+                manifest.setdefault("checks", {})[check] = record
+                self._write_json(uri, manifest)
+
     def clean_up(self, asset: str, keep: set, run_id: str) -> list[str]:
         """Delete old versions and staged manifests of `asset` (call it holding the lock)."""
         deleted = []

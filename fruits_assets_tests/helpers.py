@@ -11,7 +11,7 @@ from fruits_assets import assets, checks
 from fruits_assets.featurize import load_model, resolve_weights
 from fruits_assets.images import decode_image
 from fruits_assets.io_managers import FruitsIOManager
-from fruits_assets.resources import fruits_resources, load_asset_value
+from fruits_assets.resources import fruits_resources
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.spark import SparkResource
 from fruits_assets.storage import Storage
@@ -59,13 +59,15 @@ def io_manager(output_root=None, **settings) -> FruitsIOManager:
     if output_root is not None:
         settings = {"deployment": "local", "output_root": str(output_root), "spark_master": TEST_MASTER, **settings}
     fruits_settings = FruitsSettings(**settings)
-    return FruitsIOManager(settings=fruits_settings, pyspark=SparkResource(settings=fruits_settings))
+    return FruitsIOManager(fruits_settings, SparkResource(fruits_settings))
 
 
 def load(output_root, asset_name: str):
-    """The current stored value of an asset, as a downstream asset would get it."""
+    """The current stored value of an asset, through Dagster's own `Definitions.load_asset_value`
+    on the code location's assets and resources (here, for a local root under `output_root`)."""
     settings = FruitsSettings(deployment="local", output_root=str(output_root), spark_master=TEST_MASTER)
-    return load_asset_value(asset_name, settings)
+    definitions = dg.Definitions(assets=ALL_ASSETS, resources=fruits_resources(settings))
+    return definitions.load_asset_value(asset_name)
 
 
 def free_port() -> int:

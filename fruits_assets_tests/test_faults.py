@@ -198,9 +198,10 @@ def test_failed_commit_keeps_previous_version_and_next_run_cleans_up(spark, tmp_
             raise OSError(f"injected fault: disk full while writing {uri}")
         return real_write_bytes(self, uri, data)
 
+    more = run_config(sample_root, limit_per_class=3)  # something new: the run writes a version
     with monkeypatch.context() as patch:
         patch.setattr(Storage, "write_bytes", failing_write_bytes)
-        second = materialize(out, config, assets=[raw_images], raise_on_error=False)
+        second = materialize(out, more, assets=[raw_images], raise_on_error=False)
     assert not second.success
     [failure] = events_of(second, dg.DagsterEventType.STEP_FAILURE)
     assert "injected fault" in "\n".join(error_chain(failure.step_failure_data.error))
@@ -214,7 +215,7 @@ def test_failed_commit_keeps_previous_version_and_next_run_cleans_up(spark, tmp_
     assert after == before
     assert sorted((r["path"], r["size"]) for r in frame.select("path", "size").collect()) == before_rows
 
-    third = materialize(out, config, assets=[raw_images])
+    third = materialize(out, more, assets=[raw_images])
     assert third.success
     latest = json.loads((asset_dir / MANIFEST).read_text())
     assert latest["run_id"] == third.run_id

@@ -1,5 +1,5 @@
-"""New photos cost only their own work: incremental runs, on real local Spark, and the sensor on
-the images root (a local folder, and a bucket on moto's S3 server).
+"""New photos cost only their own work: incremental runs, on real local Spark, and the observed
+`photos` source asset (a local folder, and a bucket on moto's S3 server).
 
 A run reuses the stored arrays and vectors of images whose path and content (sha256) are
 unchanged, at the same image size and with the same model; it decodes and featurizes only new
@@ -15,9 +15,11 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from dagster._core.definitions.observe import observe  # not exported by dagster 1.13
 
+from fruits_assets.assets import observe_sources
 from fruits_assets.sample_data import draw_fruit, generate_sample
-from fruits_assets.sensors import images_root_sensor
+from fruits_assets.settings import FruitsSettings
 from fruits_assets_tests.helpers import io_manager, load, materialize, metadata_of, run_config
 
 
@@ -95,7 +97,8 @@ def test_a_setting_that_changes_outputs_recomputes_everything(spark, materialize
     for asset in ("preprocessed_images", "image_features"):
         meta = metadata_of(bigger, asset)
         assert (meta["computed"], meta["reused"], meta["removed"]) == (48, 0, 48), (asset, meta)
-    assert metadata_of(bigger, "raw_images")["decoded_to_check"] == 0  # the files did not change
+    # The files did not change: raw_images keeps its version and computes nothing.
+    assert metadata_of(bigger, "raw_images")["unchanged"].startswith("inputs and settings as for version")
 
 
 def test_an_interrupted_run_keeps_the_last_version_and_the_next_run_computes_only_what_is_missing(
@@ -113,52 +116,48 @@ def test_an_interrupted_run_keeps_the_last_version_and_the_next_run_computes_onl
     assert metadata_of(failed, "preprocessed_images")["computed"] == 4
     again = materialize(out, run_config(images))
     assert again.success
-    assert metadata_of(again, "preprocessed_images")["computed"] == 0, "published by the failed run: reused"
+    assert "unchanged" in metadata_of(again, "preprocessed_images"), "published by the failed run: kept"
     assert metadata_of(again, "image_features")["computed"] == 4
     assert load(out, "image_features").count() == 52
 
 
-def sensor_tick(cursor, monkeypatch, root, **env):
+def observe_photos(monkeypatch, root, **env) -> tuple[str, dict]:
+    """One observation of the `photos` source asset, as Dagster makes it: (data version, metadata)."""
     monkeypatch.setenv("FRUITS_IMAGES_ROOT", str(root))
+    monkeypatch.setenv("FRUITS_MODEL_WEIGHTS", "random")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(cursor=cursor, instance=instance)
-        result = images_root_sensor(context)
-        return result, context.cursor
+    result = observe([observe_sources], resources={"settings": FruitsSettings()})
+    observations = [e.event_specific_data.asset_observation for e in result.get_asset_observation_events()]
+    [observation] = [o for o in observations if o.asset_key == dg.AssetKey("photos")]
+    return observation.data_version, {k: v.value for k, v in observation.metadata.items()}
 
 
-def test_the_sensor_asks_for_a_run_when_images_change_locally(images, monkeypatch):
-    first, cursor = sensor_tick(None, monkeypatch, images)
-    assert isinstance(first, dg.SensorResult) and len(first.run_requests) == 1
-    assert first.run_requests[0].tags["fruits/images_seen"] == "Test: 16 files (new); Training: 32 files (new)"
-    quiet, same = sensor_tick(first.cursor, monkeypatch, images)
-    assert isinstance(quiet, dg.SkipReason) and "No change" in quiet.skip_message
+def test_the_photos_data_version_follows_a_local_folder(images, monkeypatch):
+    """Nothing read: paths, sizes and modification times. The same folder, the same version;
+    a file added, changed or removed, another one."""
+    first, metadata = observe_photos(monkeypatch, images)
+    assert metadata["per_split"] == "Test: 16 files; Training: 32 files" and metadata["files"] == 48
+    assert observe_photos(monkeypatch, images)[0] == first
     add_class(images, "Kiwi Gold 1", 3)
+    added, _ = observe_photos(monkeypatch, images)
     shutil.rmtree(images / "Test" / "Lime 1")
-    changed, _ = sensor_tick(first.cursor, monkeypatch, images)
-    assert changed.run_requests[0].tags["fruits/images_seen"] == (
-        "Test: 14 files (was 16, changed); Training: 35 files (was 32, changed)"
-    )
-    # No run_key (see sensors.py): Dagster would drop a request whose key the sensor used before.
-    assert changed.run_requests[0].run_key is None
+    removed, metadata = observe_photos(monkeypatch, images)
+    assert len({first, added, removed}) == 3 and metadata["per_split"] == "Test: 14 files; Training: 35 files"
 
 
-def test_the_sensor_watches_a_bucket(images, monkeypatch, s3_bucket, moto_server):
+def test_the_photos_data_version_follows_a_bucket(images, monkeypatch, s3_bucket, moto_server):
     import boto3
 
     s3 = boto3.client("s3", region_name="eu-west-1", endpoint_url=moto_server)
     for path in sorted(p for p in images.rglob("*.jpg")):
         s3.upload_file(str(path), s3_bucket, f"images/{path.relative_to(images).as_posix()}")
     root = f"s3://{s3_bucket}/images"
-    first, _ = sensor_tick(None, monkeypatch, root, FRUITS_S3_ENDPOINT_URL=moto_server)
-    assert first.run_requests[0].tags["fruits/images_seen"] == "Test: 16 files (new); Training: 32 files (new)"
-    s3.put_object(Bucket=s3_bucket, Key="images/Test/Lime 1/0_100.jpg", Body=b"changed bytes")
-    changed, _ = sensor_tick(first.cursor, monkeypatch, root, FRUITS_S3_ENDPOINT_URL=moto_server)
-    assert (
-        changed.run_requests[0].tags["fruits/images_seen"] == "Test: 16 files (changed); Training: 32 files (unchanged)"
-    )
-    assert json.loads(changed.cursor)["Test"]["files"] == 16
+    first, metadata = observe_photos(monkeypatch, root, FRUITS_S3_ENDPOINT_URL=moto_server)
+    assert metadata["per_split"] == "Test: 16 files; Training: 32 files"
+    assert observe_photos(monkeypatch, root, FRUITS_S3_ENDPOINT_URL=moto_server)[0] == first
+    s3.put_object(Bucket=s3_bucket, Key="images/Test/Lime 1/0_100.jpg", Body=b"changed bytes")  # same count
+    assert observe_photos(monkeypatch, root, FRUITS_S3_ENDPOINT_URL=moto_server)[0] != first
 
 
 def version_files(out, asset: str) -> tuple[list[Path], list[Path]]:
