@@ -131,3 +131,38 @@ def test_a_first_and_a_second_run_record_the_same_data_versions(materialized, tm
     for asset in MADE:
         meta = metadata_of(again, asset)
         assert "unchanged" in meta and meta["data_version"], asset
+
+
+def test_the_opt_in_automation_observes_the_sources_and_follows_new_photos():
+    """Declarative automation, as the `fruits_automation` sensor would evaluate it (off until
+    turned on): every 5 minutes the sources are observed; once the photos have a new data
+    version, raw_images and what is made from it are requested (one run; the steps with nothing
+    new in it compute nothing). Nothing else is requested."""
+    import datetime
+
+    from dagster._core.definitions.data_version import DATA_VERSION_TAG
+
+    from fruits_assets.definitions import defs, fruits_automation
+
+    assert fruits_automation.default_status == dg.DefaultSensorStatus.STOPPED
+
+    def requested(tick):
+        return {r.key.to_user_string() for r in tick.results if r.true_subset.size}
+
+    start = datetime.datetime(2026, 12, 4, 10, 1)
+    with dg.instance_for_test() as instance:
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=start)
+        at = start + datetime.timedelta(minutes=5)
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=at, cursor=first.cursor)
+        assert requested(tick) == {"photos", "input_size", "model_weights", "pca_settings"}
+        for asset in (*MADE, "pca_quality"):
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset))
+        for source in ("photos", "input_size", "model_weights", "pca_settings"):
+            instance.report_runless_asset_event(dg.AssetObservation(asset_key=source, tags={DATA_VERSION_TAG: "v1"}))
+        at += datetime.timedelta(minutes=1)
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=at, cursor=tick.cursor)
+        assert requested(tick) == set(), "nothing new, nothing requested"
+        instance.report_runless_asset_event(dg.AssetObservation(asset_key="photos", tags={DATA_VERSION_TAG: "v2"}))
+        at += datetime.timedelta(minutes=1)
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=at, cursor=tick.cursor)
+        assert requested(tick) == {*MADE, "pca_quality"}
