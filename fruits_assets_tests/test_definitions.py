@@ -32,10 +32,13 @@ def test_local_definitions_are_loadable_and_hold_the_asset_graph():
     parents = {
         k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys} for k in graph.get_all_asset_keys()
     }
-    assert parents["preprocessed_images"] == {"raw_images"}
-    assert parents["image_features"] == {"preprocessed_images"}
-    assert parents["pca_model"] == {"image_features"}
+    assert parents["raw_images"] == {"photos"}
+    assert parents["preprocessed_images"] == {"raw_images", "input_size"}
+    assert parents["image_features"] == {"preprocessed_images", "model_weights"}
+    assert parents["pca_model"] == {"image_features", "pca_settings"}
     assert parents["pca_features_csv"] == {"image_features", "pca_model"}
+    for source in ("photos", "input_size", "model_weights", "pca_settings"):
+        assert graph.get(dg.AssetKey(source)).is_observable and not parents[source]
     assert defs.resolve_job_def("fruits_pipeline") is not None
 
 
