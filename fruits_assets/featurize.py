@@ -58,16 +58,25 @@ def build_model(image_size: int):
 
 # Changing how `random_model` makes its weights changes this, so their cached conversions are not reused.
 RANDOM_WEIGHTS_VERSION = "seeded-bn-stats-v1"
+# Keras' ImageNet MobileNetV2 backbone: one published file per input size, never changed.
+IMAGENET_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5"
+
+
+def named_weights(spec: str, image_size: int) -> Weights:
+    """`random` or `imagenet` weights of this size, identified by what makes them (the seed and
+    recipe of `random_model`; the name of Keras' published file): no TensorFlow is imported, and
+    no file read, to know them, so a cached conversion is used as is (and a cluster without
+    TensorFlow names the model the host converted). The model is made when it is converted."""
+    recipe = (
+        f"random:{RANDOM_SEED}:{RANDOM_WEIGHTS_VERSION}:{image_size}"
+        if spec == "random"
+        else f"imagenet:{IMAGENET_FILE.format(size=image_size)}"
+    )
+    return Weights(spec=spec, sha256=hashlib.sha256(recipe.encode()).hexdigest(), suffix="", data=b"")
 
 
 def random_weights(image_size: int) -> Weights:
-    """The `random` weights of this size, identified by what makes them (`random_model`'s seed
-    and recipe, the size, Keras' version): deterministic, so no TensorFlow is imported to know
-    them, and a cached conversion of them is used without building the model."""
-    from importlib.metadata import version
-
-    recipe = f"random:{RANDOM_SEED}:{RANDOM_WEIGHTS_VERSION}:{image_size}:keras-{version('keras')}"
-    return Weights(spec="random", sha256=hashlib.sha256(recipe.encode()).hexdigest(), suffix="", data=b"")
+    return named_weights("random", image_size)
 
 
 def random_model(image_size: int):
@@ -92,45 +101,35 @@ def random_model(image_size: int):
     return model
 
 
+def imagenet_model(image_size: int):
+    """Keras' ImageNet MobileNetV2 backbone (downloaded by Keras, or from its cache in
+    ~/.keras/models), or one clear error saying what to do instead."""
+    import keras
+
+    try:
+        return keras.applications.MobileNetV2(
+            input_shape=(image_size, image_size, 3), include_top=False, weights="imagenet", pooling="avg"
+        )
+    except Exception as error:
+        raise FruitsConfigError(
+            "Cannot get Keras' ImageNet MobileNetV2 weights (no internet, or no Keras cache in "
+            f"~/.keras/models): {error}. Provide a weights file instead: set "
+            "FRUITS_MODEL_WEIGHTS (or the settings' model_weights) to a local path or s3:// URI "
+            "of a Keras MobileNetV2 (include_top=False) weights file, or to `random` for a "
+            "smoke test whose features mean nothing."
+        ) from None
+
+
 def _weights_suffix(name: str) -> str:
     return ".weights.h5" if name.endswith(".weights.h5") else os.path.splitext(name)[1] or ".h5"
-
-
-def _weights_from_model(spec: str, model) -> Weights:
-    """Weights of an in-memory model; identified by the arrays, as saved files carry timestamps."""
-    digest = hashlib.sha256()
-    for array in model.get_weights():
-        digest.update(np.ascontiguousarray(array).tobytes())
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.weights.h5")
-        model.save_weights(path)
-        with open(path, "rb") as handle:
-            data = handle.read()
-    return Weights(spec=spec, sha256=digest.hexdigest(), suffix=".weights.h5", data=data)
 
 
 def resolve_weights(spec: str, image_size: int, storage) -> Weights:
     """`imagenet` | `random` | local path | `s3://` URI -> weights bytes, or one clear error.
     A file is checked (loaded into MobileNetV2) when it is converted (`feature_model`)."""
     spec = spec.strip()
-    if spec == "imagenet":
-        import keras
-
-        try:
-            model = keras.applications.MobileNetV2(
-                input_shape=(image_size, image_size, 3), include_top=False, weights="imagenet", pooling="avg"
-            )
-        except Exception as error:
-            raise FruitsConfigError(
-                "Cannot get Keras' ImageNet MobileNetV2 weights (no internet, or no Keras cache in "
-                f"~/.keras/models): {error}. Provide a weights file instead: set "
-                "FRUITS_MODEL_WEIGHTS (or the settings' model_weights) to a local path or s3:// URI "
-                "of a Keras MobileNetV2 (include_top=False) weights file, or to `random` for a "
-                "smoke test whose features mean nothing."
-            ) from None
-        return _weights_from_model(spec, model)
-    if spec == "random":
-        return random_weights(image_size)
+    if spec in ("imagenet", "random"):
+        return named_weights(spec, image_size)
     try:
         data = storage.read_bytes(spec)
     except Exception as error:
@@ -145,6 +144,8 @@ def load_model(weights: Weights, image_size: int):
     """The Keras model with these weights, or one clear error if they are not MobileNetV2's."""
     if weights.spec == "random":
         return random_model(image_size)
+    if weights.spec == "imagenet":
+        return imagenet_model(image_size)
     model = build_model(image_size)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "weights" + weights.suffix)

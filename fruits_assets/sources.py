@@ -4,7 +4,7 @@
   sizes and ETags; nothing is read), as many per class as FRUITS_LIMIT_PER_CLASS keeps;
 - `input_size`: the model's input size (FRUITS_IMAGE_SIZE), which `preprocessed_images` resizes to;
 - `model_weights`: the weights `image_features` converts (FRUITS_MODEL_WEIGHTS: the file's path
-  and its size and modification time, or ETag; Keras' version for `imagenet` and `random`);
+  and its size and modification time, or ETag; the name alone for `imagenet` and `random`);
 - `pca_settings`: the variance target and the cap on k (FRUITS_PCA_VARIANCE, FRUITS_PCA_MAX_K).
 
 Each has a data version; an asset made from an older one is *Unsynced* in the UI. They are
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from importlib.metadata import version as package_version
 
 from fruits_assets.constants import SAMPLE_IMAGES
 from fruits_assets.incremental import digest
@@ -60,8 +59,8 @@ def model_weights_version(spec: str, storage) -> str:
     """The weights' data version: what FRUITS_MODEL_WEIGHTS names, and that file's size and
     modification time (S3: ETag); nothing is read."""
     spec = spec.strip()
-    if spec in ("imagenet", "random"):
-        return digest("model_weights", spec, package_version("keras"))
+    if spec in ("imagenet", "random"):  # named weights: the same whatever the machine (featurize.named_weights)
+        return digest("model_weights", spec)
     if is_s3(spec):
         bucket, key = split_s3(spec)
         head = storage.client.head_object(Bucket=bucket, Key=key)
