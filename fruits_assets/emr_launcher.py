@@ -15,27 +15,66 @@ What this subclass of dagster-aws's launcher adds, and why:
 - **Only this package is staged**, zipped from where it is installed when a step is launched
   (never at import: on the cluster the package itself lives inside the staged zip).
 - The poll interval of a running step is a setting (FRUITS_EMR_POLL_SECONDS; dagster-aws: 15 s).
+- **A failed step says why** (`wait_for_completion`, `step_failure_report`). dagster-aws raises
+  "EMR step ... failed" before its last read of the step's events and, with log waiting off (the
+  default), shows nothing else: a process-level failure (a venv missing on a replaced node, an
+  out-of-memory kill, a spark-submit error) reached the run as that one line. Here the failure's
+  message (and so the run's log) carries EMR's own diagnosis (describe_step's FailureDetails), the
+  last events the step wrote (its events.pkl) and the tail of its stderr from the cluster's LogUri,
+  with the S3 paths; logs EMR has not copied yet (it copies every ~5 minutes) are named with
+  where they will appear. The step's own ending event (success, failure, retry) is held back
+  until EMR says how the step ended, so a step is never reported twice.
+- **Logs never fail a finished step** (`_show_driver_logs`). With FRUITS_EMR_WAIT_FOR_LOGS=1,
+  dagster-aws waits 10 minutes for the logs after a COMPLETED step, then raises: a step whose
+  outputs were already published failed for late logs (or at once, on a cluster without LogUri),
+  and its failure after its own success broke the run ("Attempted to mark step ... as complete
+  that was not known to be in flight"). Here late or missing logs are a warning.
+- **EMR's own step states** (`STEP_WAITING`, `STEP_CANCELLED`): dagster-aws's EmrStepState has no
+  CANCEL_PENDING (a ValueError) and reports a step cancelled from the console as "failed"; here it
+  is "EMR step s-... of <step> was cancelled on cluster j-... (state ...)".
 """
 
 from __future__ import annotations
 
+import gzip
+import logging
 import os
 import pickle
+import re
+import sys
 import tempfile
+import time
 import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import dagster as dg
+from dagster._core.errors import raise_execution_interrupts
 from dagster._core.execution.plan.external_step import (
+    PICKLED_EVENTS_FILE_NAME,
     PICKLED_STEP_RUN_REF_FILE_NAME,
     step_context_to_step_run_ref,
 )
 from dagster_aws.emr.pyspark_step_launcher import CODE_ZIP_NAME, EmrPySparkStepLauncher
+from dagster_aws.utils.mrjob.log4j import parse_hadoop_log4j_records
 
 import fruits_assets
 from fruits_assets.settings import FruitsSettings
 from fruits_assets.spark import cluster_config
 
 PACKAGE = "fruits_assets"
+
+# EMR's step states (DescribeStep, StepStatus.State: PENDING | CANCEL_PENDING | RUNNING |
+# COMPLETED | CANCELLED | FAILED | INTERRUPTED). dagster-aws's EmrStepState lacks CANCEL_PENDING.
+STEP_WAITING = frozenset({"PENDING", "RUNNING"})
+STEP_CANCELLED = frozenset({"CANCEL_PENDING", "CANCELLED", "INTERRUPTED"})
+# The Dagster events that end a step; held back until EMR says how the step ended.
+OUTCOME_EVENTS = frozenset(
+    {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.STEP_UP_FOR_RETRY}
+)
+LAST_EVENTS = 8  # events of a failed step shown in its failure
+STDERR_TAIL_LINES = 80
+LOG_COPY_NOTE = "EMR copies a step's logs to S3 about every 5 minutes"
 
 
 def package_zip(zip_path: str) -> list[str]:
@@ -61,8 +100,75 @@ def with_settings(step_run_ref, settings_config: dict):
     return step_run_ref._replace(run_config=run_config)
 
 
+# -- what a finished step tells (plain functions of what EMR and the step wrote) ---------------
+def ending_event(events: Sequence):
+    """The first event that ends the step (success, failure, retry), or None."""
+    return next((e for e in events if e.is_dagster_event and e.dagster_event.event_type in OUTCOME_EVENTS), None)
+
+
+def error_chain(error) -> str:
+    """A SerializableErrorInfo and its causes, one line each ("Class: message")."""
+    lines = []
+    while error is not None:
+        lines.append(error.message.strip())
+        error = error.cause or error.context
+    return " <- ".join(lines)
+
+
+def describe_event(entry) -> str:
+    """One line for one event the step wrote: its type (or level), message and error."""
+    if not entry.is_dagster_event:
+        return f"{logging.getLevelName(entry.level)}: {entry.user_message}"
+    event = entry.dagster_event
+    error = getattr(event.event_specific_data, "error", None)
+    text = f"{event.event_type_value}: {event.message or ''}".strip()
+    return f"{text} {error_chain(error)}" if error is not None else text
+
+
+def tail(text: str, lines: int) -> str:
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+def indent(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.splitlines()) or "  (none)"
+
+
+class EventRelay:
+    """The step's events (dagster-aws's events.pkl, all of them at each read) into this run, in
+    order, each once; the event that ends the step, and what follows it, only on `release`."""
+
+    def __init__(self, step_context):
+        self.step_context = step_context
+        self.events: list = []
+        self.sent = 0
+
+    def update(self, events: list) -> Iterator[dg.DagsterEvent]:
+        self.events = events
+        ending = ending_event(events)
+        yield from self._send(events.index(ending) if ending is not None else len(events))
+
+    def release(self, with_ending: bool) -> Iterator[dg.DagsterEvent]:
+        """Everything not sent yet; the ending event only `with_ending` (it counts: on EMR's
+        COMPLETED it is the step's outcome; on a failure the launcher raises its own)."""
+        ending = ending_event(self.events)
+        cut = len(self.events) if with_ending or ending is None else self.events.index(ending)
+        yield from self._send(cut)
+
+    def _send(self, end: int) -> Iterator[dg.DagsterEvent]:
+        for event in self.events[self.sent : end]:
+            # As dagster-aws does: stored in this run's event log, and the step's own events
+            # yielded to this run's executor.
+            self.step_context.instance.handle_new_event(event)
+            if event.is_dagster_event:
+                yield event.dagster_event
+        self.sent = max(self.sent, end)
+
+
 class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
     """dagster-aws's EMR PySpark step launcher, configured from the run's settings."""
+
+    # How long FRUITS_EMR_WAIT_FOR_LOGS=1 waits for a step's logs on S3 (dagster-aws: 20 x 30 s).
+    log_wait_seconds = 600.0
 
     def __init__(self, settings: FruitsSettings):
         resolved = settings.resolved()
@@ -82,6 +188,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         self.settings_config = settings.as_run_config()
         self.storage = settings.storage()
         self.poll_seconds = float(resolved.emr_poll_seconds)
+        self._cluster_log_uri: str | None = None
 
     def launch_step(self, step_context):
         step_run_ref = with_settings(
@@ -93,11 +200,178 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         [emr_step_id] = self.emr_job_runner.add_job_flow_steps(step_context.log, self.cluster_id, [emr_step_def])
         yield from self.wait_for_completion_and_log(run_id, step_run_ref.step_key, emr_step_id, step_context)
 
+    def wait_for_completion_and_log(self, run_id, step_key, emr_step_id, step_context):
+        """dagster-aws's, but logs never fail a COMPLETED step (`_show_driver_logs`); a failed
+        step's logs are part of its failure (`wait_for_completion`)."""
+        import boto3
+
+        s3 = boto3.resource("s3", region_name=self.region_name)
+        yield from self.wait_for_completion(step_context, s3, run_id, step_key, emr_step_id)
+        if self.wait_for_logs:
+            self._show_driver_logs(step_context.log, emr_step_id)
+
     def wait_for_completion(self, step_context, s3, run_id, step_key, emr_step_id, check_interval=None):
-        yield from super().wait_for_completion(
-            step_context, s3, run_id, step_key, emr_step_id, check_interval=self.poll_seconds
+        """Poll the step and relay its events until EMR says it ended; then its outcome.
+
+        Unlike dagster-aws: knows all of EMR's step states; reads the events once more after the
+        end and, for a step that did not complete, raises a dg.Failure with the step's report.
+        """
+        relay = EventRelay(step_context)
+        step = yield from self._poll(step_context, s3, run_id, step_key, emr_step_id, relay, check_interval)
+        state = step["Status"]["State"]
+        ending = ending_event(relay.events)
+        if state == "COMPLETED":
+            yield from relay.release(with_ending=True)
+            return
+        if ending is not None and ending.dagster_event.event_type == dg.DagsterEventType.STEP_SUCCESS:
+            # The step stored its outputs and said so; its process failed afterwards.
+            step_context.log.warning(
+                f"EMR step {emr_step_id} of {step_key} ended {state} after the step succeeded (its outputs "
+                "are stored); its logs are under the cluster's LogUri."
+            )
+            yield from relay.release(with_ending=True)
+            return
+        yield from relay.release(with_ending=False)
+        raise self._step_failure(step_context, step_key, step, relay.events, run_id)
+
+    def _poll(self, step_context, s3, run_id, step_key, emr_step_id, relay, check_interval):
+        """Until the step leaves PENDING/RUNNING: sleep, describe it, relay its new events
+        (interruptible while it waits, as dagster-aws's loop). Returns describe_step's Step."""
+        interval = self.poll_seconds if check_interval is None else check_interval
+        while True:
+            with raise_execution_interrupts():
+                time.sleep(interval)  # AWS rate-limits DescribeStep
+                step = self.emr_job_runner.describe_step(self.cluster_id, emr_step_id)["Step"]
+                events = self.read_events(s3, run_id, step_key)
+            self._log_progress(step_context.log, step)
+            yield from relay.update(events)
+            if step["Status"]["State"] not in STEP_WAITING:
+                return step
+
+    def _log_progress(self, log, step) -> None:
+        status = step["Status"]
+        started = status.get("Timeline", {}).get("StartDateTime")
+        since = f" since {started:%H:%M:%S %Z}" if started and status["State"] == "RUNNING" else ""
+        log.info(f"EMR step {step['Id']} {status['State']}{since}")
+
+    # -- a step that did not complete -----------------------------------------------------------
+    def _step_failure(self, step_context, step_key, step, events, run_id) -> BaseException:
+        """The dg.Failure that ends this step, with the step's report."""
+        state = step["Status"]["State"]
+        stderr_uri, _, stderr_section = self._stderr_tail(step["Id"])
+        report = step_failure_report(
+            headline=self._headline(step_key, step),
+            events=events,
+            events_uri=self._artifact_s3_uri(run_id, step_key, PICKLED_EVENTS_FILE_NAME),
+            stderr_section=stderr_section,
+        )
+        metadata = {"emr_step_id": step["Id"], "emr_cluster_id": self.cluster_id, "emr_state": state}
+        if stderr_uri:
+            metadata["stderr"] = dg.MetadataValue.path(stderr_uri)
+        return dg.Failure(description=report, metadata=metadata, allow_retries=False)
+
+    def _headline(self, step_key: str, step: Mapping) -> str:
+        status = step["Status"]
+        where = f"EMR step {step['Id']} of {step_key}"
+        if status["State"] in STEP_CANCELLED:
+            reason = (status.get("StateChangeReason") or {}).get("Message") or "no reason given"
+            return f"{where} was cancelled on cluster {self.cluster_id} (state {status['State']}): {reason}"
+        details = status.get("FailureDetails") or {}
+        said = "; ".join(f"{k}: {details[k]}" for k in ("Reason", "Message", "LogFile") if details.get(k))
+        return f"{where} failed on cluster {self.cluster_id} (state {status['State']})" + (
+            f". EMR says: {said}" if said else ""
         )
 
+    # -- the step's logs on S3 (the cluster's LogUri) -------------------------------------------
+    def _log_uri(self) -> str:
+        """The cluster's LogUri ('' if it keeps no logs on S3), asked once per launcher."""
+        if self._cluster_log_uri is None:
+            uri = self.emr_job_runner.describe_cluster(self.cluster_id)["Cluster"].get("LogUri") or ""
+            # boto3 says "None" when there is none; EMR answers s3n:// for s3://.
+            self._cluster_log_uri = "" if uri == "None" else re.sub(r"^s3n://", "s3://", uri)
+        return self._cluster_log_uri
+
+    def _step_log_uri(self, emr_step_id: str, name: str) -> str | None:
+        """Where EMR puts a step's `name` (stdout, stderr): <LogUri>/<cluster>/steps/<step>/."""
+        base = self._log_uri()
+        return f"{base.rstrip('/')}/{self.cluster_id}/steps/{emr_step_id}/{name}.gz" if base else None
+
+    def _read_log(self, uri: str) -> str | None:
+        """A step log's text, or None while EMR has not copied it."""
+        from botocore.exceptions import ClientError
+
+        try:
+            return gzip.decompress(self.storage.read_bytes(uri)).decode("utf-8", "replace")
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+
+    def _wait_for_log(self, uri: str, deadline: float) -> str | None:
+        """`_read_log`, waiting until `deadline` (time.monotonic) for the log to appear."""
+        while True:
+            text = self._read_log(uri)
+            if text is not None or time.monotonic() >= deadline:
+                return text
+            with raise_execution_interrupts():
+                time.sleep(min(max(self.poll_seconds, 0.1), max(deadline - time.monotonic(), 0.0)))
+
+    def _stderr_tail(self, emr_step_id: str) -> tuple[str | None, str, str]:
+        """(a failed step's stderr URI, its last lines, the report's section about it). Looks
+        once, or waits as `_show_driver_logs` does with FRUITS_EMR_WAIT_FOR_LOGS=1. Never raises:
+        the report must not hide the failure it reports."""
+        uri = None
+        try:
+            uri = self._step_log_uri(emr_step_id, "stderr")
+            if uri is None:
+                return None, "", "stderr of the step: the cluster has no LogUri, so EMR keeps no step logs on S3."
+            deadline = time.monotonic() + (self.log_wait_seconds if self.wait_for_logs else 0.0)
+            text = self._wait_for_log(uri, deadline)
+        except Exception as error:
+            return uri, "", f"stderr of the step: could not read it ({uri or 'LogUri unknown'}): {error}"
+        if text is None:
+            return (
+                uri,
+                "",
+                (
+                    f"stderr of the step: not on S3 yet ({LOG_COPY_NOTE}); it will appear at {uri} "
+                    "(stdout.gz beside it)."
+                ),
+            )
+        last = tail(text, STDERR_TAIL_LINES)
+        return uri, last, f"stderr of the step, last {STDERR_TAIL_LINES} lines ({uri}):\n{indent(last)}"
+
+    def _show_driver_logs(self, log, emr_step_id: str) -> None:
+        """FRUITS_EMR_WAIT_FOR_LOGS=1: the step's stderr (parsed as dagster-aws does) and stdout in
+        this run's log once EMR has copied them. Late or missing logs are a warning, never a
+        failure: the step has ended and its outputs are stored."""
+        try:
+            uris = {name: self._step_log_uri(emr_step_id, name) for name in ("stdout", "stderr")}
+            if uris["stderr"] is None:
+                log.warning(f"EMR step {emr_step_id}: the cluster has no LogUri, so there are no step logs to show.")
+                return
+            deadline = time.monotonic() + self.log_wait_seconds
+            texts = {name: self._wait_for_log(uri, deadline) for name, uri in uris.items()}
+        except Exception as error:  # AccessDenied, a dropped connection...
+            log.warning(f"EMR step {emr_step_id}: could not read its logs ({error}).")
+            return
+        if texts["stderr"] is None or texts["stdout"] is None:
+            log.warning(
+                f"EMR step {emr_step_id}: its logs were not on S3 after {self.log_wait_seconds:.0f} s "
+                f"({LOG_COPY_NOTE}); they will appear at {uris['stderr']} and {uris['stdout']}."
+            )
+            return
+        for record in parse_hadoop_log4j_records(texts["stderr"]):
+            if record.level:
+                log.log(level=record.level, msg=f"Spark Driver stderr: {record.logger}: {record.message}")
+            else:
+                log.debug(f"Spark Driver stderr: {record.message}")
+        sys.stdout.write(
+            f"---------- Spark Driver stdout: ----------\n{texts['stdout']}\n"
+            "---------- End of Spark Driver stdout ----------\n"
+        )
+
+    # -- staging ----------------------------------------------------------------------------------
     def _post_artifacts(self, log, step_run_ref, run_id, step_key):
         """Stage emr_step_main.py, this package's zip and the pickled step (dagster-aws's layout),
         server-side encrypted like every object this project writes."""
@@ -111,3 +385,15 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                 uri = self._artifact_s3_uri(run_id, step_key, local_path)
                 log.debug(f"Uploading {local_path} to {uri}")
                 self.storage.upload_file(local_path, uri)
+
+
+def step_failure_report(headline: str, events: Sequence, events_uri: str, stderr_section: str) -> str:
+    """What a user reads first about a step that did not complete: what EMR says, the last
+    events the step wrote and the tail of its stderr, with S3 paths."""
+    last = [describe_event(e) for e in events[-LAST_EVENTS:]]
+    events_section = (
+        f"Last events the step wrote ({events_uri}):\n{indent(chr(10).join(last))}"
+        if last
+        else f"The step wrote no events ({events_uri}): it stopped before Dagster started on the cluster."
+    )
+    return f"{headline}\n{events_section}\n{stderr_section}"
