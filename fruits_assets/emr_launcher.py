@@ -29,6 +29,13 @@ What this subclass of dagster-aws's launcher adds, and why:
   outputs were already published failed for late logs (or at once, on a cluster without LogUri),
   and its failure after its own success broke the run ("Attempted to mark step ... as complete
   that was not known to be in flight"). Here late or missing logs are a warning.
+- **An interrupted run cancels its EMR step** (`_cancel_step`). dagster-aws leaves the step
+  running (and billing) when the run is terminated from the UI or with Ctrl-C, and the next run's
+  steps wait behind it. Dagster raises DagsterExecutionInterruptedError in the step's process
+  (its termination thread sends SIGINT, which `raise_execution_interrupts` turns into that error
+  while the launcher polls); a KeyboardInterrupt or the step's generator being closed
+  (GeneratorExit) count the same. The launcher then calls CancelSteps (SEND_INTERRUPT: SIGTERM to
+  a running step, EMR 5.32+; a PENDING step is cancelled outright) and logs it.
 - **EMR's own step states** (`STEP_WAITING`, `STEP_CANCELLED`): dagster-aws's EmrStepState has no
   CANCEL_PENDING (a ValueError) and reports a step cancelled from the console as "failed"; here it
   is "EMR step s-... of <step> was cancelled on cluster j-... (state ...)".
@@ -49,7 +56,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.errors import raise_execution_interrupts
+from dagster._core.errors import DagsterExecutionInterruptedError, raise_execution_interrupts
 from dagster._core.execution.plan.external_step import (
     PICKLED_EVENTS_FILE_NAME,
     PICKLED_STEP_RUN_REF_FILE_NAME,
@@ -68,6 +75,8 @@ PACKAGE = "fruits_assets"
 # COMPLETED | CANCELLED | FAILED | INTERRUPTED). dagster-aws's EmrStepState lacks CANCEL_PENDING.
 STEP_WAITING = frozenset({"PENDING", "RUNNING"})
 STEP_CANCELLED = frozenset({"CANCEL_PENDING", "CANCELLED", "INTERRUPTED"})
+# What the launcher treats as "this run no longer waits for its step" (module docstring).
+INTERRUPTS = (DagsterExecutionInterruptedError, KeyboardInterrupt, GeneratorExit)
 # The Dagster events that end a step; held back until EMR says how the step ended.
 OUTCOME_EVENTS = frozenset(
     {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.STEP_UP_FOR_RETRY}
@@ -213,11 +222,16 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
     def wait_for_completion(self, step_context, s3, run_id, step_key, emr_step_id, check_interval=None):
         """Poll the step and relay its events until EMR says it ended; then its outcome.
 
-        Unlike dagster-aws: knows all of EMR's step states; reads the events once more after the
-        end and, for a step that did not complete, raises a dg.Failure with the step's report.
+        Unlike dagster-aws: knows all of EMR's step states; cancels the step if this run stops
+        waiting (`INTERRUPTS`); reads the events once more after the end and, for a step that
+        did not complete, raises a dg.Failure with the step's report.
         """
         relay = EventRelay(step_context)
-        step = yield from self._poll(step_context, s3, run_id, step_key, emr_step_id, relay, check_interval)
+        try:
+            step = yield from self._poll(step_context, s3, run_id, step_key, emr_step_id, relay, check_interval)
+        except INTERRUPTS:
+            self._cancel_step(step_context.log, step_key, emr_step_id)
+            raise
         state = step["Status"]["State"]
         ending = ending_event(relay.events)
         if state == "COMPLETED":
@@ -369,6 +383,40 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         sys.stdout.write(
             f"---------- Spark Driver stdout: ----------\n{texts['stdout']}\n"
             "---------- End of Spark Driver stdout ----------\n"
+        )
+
+    # -- a run that stops waiting ---------------------------------------------------------------
+    def _cancel_step(self, log, step_key: str, emr_step_id: str) -> None:
+        """Ask EMR to cancel the step this run no longer waits for (CancelSteps is asynchronous
+        and idempotent). SEND_INTERRUPT: a RUNNING step's process gets SIGTERM (EMR 5.32+) and
+        can stop Spark cleanly; a PENDING step never starts. Never raises: the interrupt that
+        brought the launcher here goes on."""
+        import boto3
+
+        by_hand = (
+            f"aws emr cancel-steps --region {self.region_name} --cluster-id {self.cluster_id} --step-ids {emr_step_id}"
+        )
+        try:
+            response = boto3.client("emr", region_name=self.region_name).cancel_steps(
+                ClusterId=self.cluster_id, StepIds=[emr_step_id], StepCancellationOption="SEND_INTERRUPT"
+            )
+        except Exception as error:
+            log.error(
+                f"The run stopped waiting for EMR step {emr_step_id} of {step_key}, but cancelling it "
+                f"failed ({error}): it may still be running, and billing. Cancel it with: {by_hand}"
+            )
+            return
+        [info] = response.get("CancelStepsInfoList") or [{}]
+        if info.get("Status") == "FAILED":
+            log.error(
+                f"EMR refused to cancel step {emr_step_id} of {step_key} on cluster {self.cluster_id}: "
+                f"{info.get('Reason') or 'no reason given'}. If it still runs: {by_hand}"
+            )
+            return
+        log.warning(
+            f"The run was interrupted: cancelled EMR step {emr_step_id} of {step_key} on cluster "
+            f"{self.cluster_id} (CancelSteps, SEND_INTERRUPT: {info.get('Status', 'SUBMITTED')}; a running "
+            "step gets SIGTERM, a pending one never starts)."
         )
 
     # -- staging ----------------------------------------------------------------------------------

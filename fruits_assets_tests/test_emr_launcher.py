@@ -1,6 +1,6 @@
 """The EMR step launcher (fruits_assets/emr_launcher.py) when a step does not simply succeed: a
-failed step says why, late logs never fail a finished step, and a step cancelled on EMR fails the
-run clearly.
+failed step says why, late logs never fail a finished step, an interrupted run cancels its step,
+and a step cancelled on EMR fails the run clearly.
 
 Real: the launcher in a real Dagster run (`emr_probe_job`: the code location's own launcher and
 settings resources, one asset without Spark), boto3 against moto's EMR and S3 server on loopback,
@@ -14,7 +14,11 @@ Emulated by `PlayedCluster`, because moto keeps a submitted step RUNNING forever
 - a step's state: set in moto's backend (the server runs in this process), as EMR would report it;
 - its logs: the step process's stdout and stderr, gzipped to <LogUri>/<cluster>/steps/<step id>/
   as EMR's log pusher does (here at once; on EMR about 5 minutes later), or not at all;
-- a killed step (an out-of-memory kill, say): its process is killed (SIGKILL).
+- a killed step (an out-of-memory kill, say): its process is killed (SIGKILL);
+- CancelSteps: moto 5.2 answers HTTP 500 (NotImplementedError), so the test adds the action to
+  moto's server for its duration: it records the request boto3 sent and, as AWS documents it,
+  cancels a PENDING step at once and moves a RUNNING one to CANCEL_PENDING, sends its process
+  SIGTERM (SEND_INTERRUPT, EMR 5.32+) and marks it CANCELLED once it exited.
 Only AWS shows: describe_step's FailureDetails (moto has none), the real texts of YARN and Spark,
 the log pusher's delay, and IAM.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -52,6 +57,7 @@ class PlayedCluster:
     endpoint: str
     workdir: Path
     play: Callable[[PlayedCluster, object], None] | None = None
+    cancels: list[dict] = field(default_factory=list)  # the CancelSteps requests received
     error: BaseException | None = None
     _processes: dict = field(default_factory=dict)
 
@@ -135,6 +141,27 @@ class PlayedCluster:
             key = f"{prefix.rstrip('/')}/{self.cluster_id}/steps/{step.id}/{name}.gz"
             s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(text.encode()))
 
+    # -- CancelSteps, which moto does not implement --------------------------------------------
+    def cancel_steps(self, request) -> dict:
+        """The CancelSteps action as AWS documents it (module docstring), on moto's server."""
+        params = {name: request._get_param(name) for name in ("ClusterId", "StepIds", "StepCancellationOption")}
+        self.cancels.append({**params, "StepIds": list(params["StepIds"] or [])})
+        infos = []
+        for step in self.steps:
+            if step.id not in params["StepIds"]:
+                continue
+            if step.state == "PENDING":
+                self.end(step, "CANCELLED", "Cancelled by CancelSteps")
+            elif step.state == "RUNNING":
+                step.state = "CANCEL_PENDING"
+                process = self._processes.get(step.id)
+                if process is not None:
+                    process.send_signal(signal.SIGTERM)
+            infos.append({"StepId": step.id, "Status": "SUBMITTED", "Reason": ""})
+        from moto.core.responses import ActionResult
+
+        return ActionResult({"CancelStepsInfoList": infos})
+
     # -- serving ---------------------------------------------------------------------------------
     def _serve(self) -> None:
         seen: set[str] = set()
@@ -178,10 +205,18 @@ def make_cluster(log_uri: str | None) -> str:
 
 
 @pytest.fixture
-def played(moto_server, s3_bucket, tmp_path) -> PlayedCluster:
+def played(moto_server, s3_bucket, tmp_path, monkeypatch) -> PlayedCluster:
     """A cluster with LogUri s3://<bucket>/fruits/emr-logs/ (as `fruits-emr create` makes it),
-    played by the test."""
-    return PlayedCluster(make_cluster(f"s3://{s3_bucket}/fruits/emr-logs/"), moto_server, tmp_path / "cluster")
+    played by the test, with CancelSteps added to moto's server."""
+    from moto.emr.responses import ElasticMapReduceResponse
+
+    cluster = PlayedCluster(make_cluster(f"s3://{s3_bucket}/fruits/emr-logs/"), moto_server, tmp_path / "cluster")
+
+    def cancel_steps(request):  # moto dispatches to plain functions of the response class only
+        return cluster.cancel_steps(request)
+
+    monkeypatch.setattr(ElasticMapReduceResponse, "cancel_steps", cancel_steps, raising=False)
+    return cluster
 
 
 @dataclass
@@ -299,7 +334,99 @@ def test_a_completed_step_never_fails_for_its_logs(played, s3_bucket, logs, monk
     assert any(expected[logs] in m for m in run.messages()), run.messages()
 
 
-# -- 5. a step cancelled on EMR ---------------------------------------------------------------------------------
+# -- 5. cancelling ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("state", ["RUNNING", "PENDING"])
+def test_an_interrupted_run_cancels_its_step(played, s3_bucket, state):
+    """Terminating a run (UI) or Ctrl-C: Dagster's termination thread sends the step's process
+    SIGINT (`dagster_shared.ipc.send_interrupt`, called here as it does), which the launcher's poll
+    gets as DagsterExecutionInterruptedError. The launcher cancels the step on EMR
+    (SEND_INTERRUPT) and says so; dagster-aws left it running, and billing."""
+    from dagster_shared.ipc import send_interrupt
+
+    def play(cluster, step):
+        step.state = state
+        if state == "RUNNING":
+            threading.Thread(target=lambda: (cluster.wait_until_started(step), send_interrupt())).start()
+            cluster.run(step, env={HANGS: "1"})  # until CancelSteps' SIGTERM ends it
+            cluster.end(step, "CANCELLED", "Cancelled by CancelSteps")
+        else:
+            send_interrupt()
+
+    played.play = play
+    with played:
+        run = run_probe(s3_bucket, played.cluster_id)
+        deadline = time.monotonic() + 30
+        while played.steps[0].state != "CANCELLED" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    [step] = played.steps
+    assert not run.success and step.state == "CANCELLED"
+    assert played.cancels == [
+        {"ClusterId": played.cluster_id, "StepIds": [step.id], "StepCancellationOption": "SEND_INTERRUPT"}
+    ]
+    assert any(
+        f"cancelled EMR step {step.id} of emr_probe on cluster {played.cluster_id}" in m for m in run.messages()
+    ), run.messages()
+    assert any("DagsterExecutionInterruptedError" in m for m in run.messages(dg.DagsterEventType.STEP_FAILURE))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["ctrl_c", "terminate"])
+def test_stopping_dagster_asset_materialize_cancels_the_step(played, s3_bucket, moto_server, tmp_path, stop):
+    """The real CLI, `dagster asset materialize` (multiprocess executor: the step runs in a child
+    process). Ctrl-C signals the whole process group; terminating a run (the UI, through the code
+    server) signals the run's process only, whose executor forwards it to the step's process
+    (Dagster's termination event, then SIGINT there). Either way the step's process raises
+    DagsterExecutionInterruptedError while the launcher polls, and the EMR step is cancelled."""
+
+    def play(cluster, step):
+        step.state = "RUNNING"
+        cluster.run(step, env={HANGS: "1"})  # until CancelSteps' SIGTERM ends it
+        cluster.end(step, "CANCELLED", "Cancelled by CancelSteps")
+
+    (tmp_path / "home").mkdir()
+    env = {
+        "PATH": str(Path(sys.executable).parent),
+        "PYTHONPATH": str(PROJECT),
+        "HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_ENDPOINT_URL": moto_server,
+        "FRUITS_DEPLOYMENT": "emr",
+        "FRUITS_S3_BUCKET": s3_bucket,
+        "FRUITS_EMR_CLUSTER_ID": played.cluster_id,
+        "FRUITS_EMR_POLL_SECONDS": "0.5",
+    }
+    command = ["dagster", "asset", "materialize", "-m", "fruits_assets_tests.emr_probe_job", "--select", "emr_probe"]
+    played.play = play
+    with played, open(tmp_path / "out", "w+") as out:
+        host = subprocess.Popen(
+            command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not played.steps and time.monotonic() < deadline:
+                time.sleep(0.2)
+            played.wait_until_started(played.steps[0])
+            if stop == "ctrl_c":
+                os.killpg(host.pid, signal.SIGINT)
+            else:
+                host.send_signal(signal.SIGINT)
+            host.wait(timeout=120)
+        finally:
+            if host.poll() is None:
+                os.killpg(host.pid, signal.SIGKILL)
+        out.seek(0)
+        log = out.read()
+    [step] = played.steps
+    assert played.cancels == [
+        {"ClusterId": played.cluster_id, "StepIds": [step.id], "StepCancellationOption": "SEND_INTERRUPT"}
+    ], log[-3000:]
+    assert f"cancelled EMR step {step.id} of emr_probe on cluster {played.cluster_id}" in log
+    assert "DagsterExecutionInterruptedError" in log
+
+
 @pytest.mark.parametrize("state", ["CANCEL_PENDING", "CANCELLED", "INTERRUPTED"])
 def test_a_step_cancelled_on_emr_fails_the_run_clearly(played, s3_bucket, state):
     """Someone cancels the step in the EMR console: the run fails with that, not with
