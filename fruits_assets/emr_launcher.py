@@ -39,6 +39,14 @@ What this subclass of dagster-aws's launcher adds, and why:
 - **EMR's own step states** (`STEP_WAITING`, `STEP_CANCELLED`): dagster-aws's EmrStepState has no
   CANCEL_PENDING (a ValueError) and reports a step cancelled from the console as "failed"; here it
   is "EMR step s-... of <step> was cancelled on cluster j-... (state ...)".
+- **Transient process-level failures are retried** (`step_verdict`, one function with one table,
+  `FAILURE_SIGNATURES`). An exception from `launch_step` is outside Dagster's RetryPolicy, so
+  dagster-aws's EmrError was never retried. Errors inside the step's Python are retried by the
+  policy on the cluster (its events carry the retry); a step that failed as a process (a lost
+  node, a Spot reclaim, throttling) raises dg.RetryRequested with the step's own policy; a
+  configuration error, a cancelled step or an unknown failure is not retried.
+- **A retry starts clean**: a retry is staged under the same keys, so the previous attempt's
+  events are deleted first (dagster-aws would relay them again as the new attempt's).
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -62,6 +71,7 @@ from dagster._core.execution.plan.external_step import (
     PICKLED_STEP_RUN_REF_FILE_NAME,
     step_context_to_step_run_ref,
 )
+from dagster_aws.emr import EmrError
 from dagster_aws.emr.pyspark_step_launcher import CODE_ZIP_NAME, EmrPySparkStepLauncher
 from dagster_aws.utils.mrjob.log4j import parse_hadoop_log4j_records
 
@@ -84,6 +94,33 @@ OUTCOME_EVENTS = frozenset(
 LAST_EVENTS = 8  # events of a failed step shown in its failure
 STDERR_TAIL_LINES = 80
 LOG_COPY_NOTE = "EMR copies a step's logs to S3 about every 5 minutes"
+
+# What the text of a failed step (EMR's FailureDetails, the errors in its events, its stderr)
+# says about running it again. The first match wins, so what a retry cannot fix comes first.
+# (pattern, transient, what it means)
+FAILURE_SIGNATURES: tuple[tuple[str, bool, str], ...] = (
+    (r"FruitsConfigError", False, "a configuration error: fix what its message says"),
+    (
+        r"exceeding memory limits|OutOfMemoryError|MemoryError|Cannot allocate memory",
+        False,
+        "out of memory: the same step runs out again (more memory, or smaller partitions)",
+    ),
+    (r"Container released on a \*lost\* node|[Nn]ode lost|lost node", True, "a node was lost"),
+    (r"[Ss]pot (instance )?interruption|Spot instance|reclaimed", True, "a Spot instance was reclaimed"),
+    (r"[Dd]ecommission", True, "a node was decommissioned"),
+    (r"ExecutorLostFailure|Container killed", True, "YARN lost or killed a container with its node"),
+    (
+        r"Throttl|Rate exceeded|SlowDown|Slow Down|RequestLimitExceeded|TooManyRequests",
+        True,
+        "AWS throttled a request",
+    ),
+    (
+        r"Connection reset|Read timed out|EndpointConnectionError|Could not connect to the endpoint"
+        r"|StorageUnreachableError",
+        True,
+        "a dropped connection",
+    ),
+)
 
 
 def package_zip(zip_path: str) -> list[str]:
@@ -110,6 +147,45 @@ def with_settings(step_run_ref, settings_config: dict):
 
 
 # -- what a finished step tells (plain functions of what EMR and the step wrote) ---------------
+@dataclass(frozen=True)
+class Verdict:
+    retry: bool
+    why: str
+
+    def sentence(self, policy: dg.RetryPolicy | None) -> str:
+        """What the failure report says about it, given the asset's RetryPolicy."""
+        if not self.retry:
+            return f"Not retried: {self.why}."
+        if policy is None:
+            return f"Transient ({self.why}), but the asset has no RetryPolicy: not retried."
+        return f"Transient ({self.why}): retried under the asset's RetryPolicy (max {policy.max_retries})."
+
+
+def step_verdict(state: str, events: Sequence, failure_text: str) -> Verdict:
+    """Whether running an unsuccessful EMR step again can help, and why: the one place this is
+    decided. `events`: what the step wrote; `failure_text`: EMR's FailureDetails, the errors in
+    those events and the tail of the step's stderr.
+
+    In order: a step cancelled on EMR (someone meant it) is not retried; then the step's own
+    ending event, if it wrote one (Dagster on the cluster already applied the asset's RetryPolicy:
+    STEP_UP_FOR_RETRY asks for a retry, STEP_FAILURE was a Failure(allow_retries=False), no policy
+    or retries spent); then `FAILURE_SIGNATURES` against the text; a failure nothing explains is
+    not retried (it usually fails the same way again, on billed nodes).
+    """
+    if state in STEP_CANCELLED:
+        return Verdict(False, f"the step was cancelled on EMR (state {state})")
+    outcome = ending_event(events)
+    if outcome is not None and outcome.dagster_event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY:
+        return Verdict(True, "the step's own retry policy asked for a retry (its STEP_UP_FOR_RETRY event)")
+    if outcome is not None and outcome.dagster_event.event_type == dg.DagsterEventType.STEP_FAILURE:
+        return Verdict(False, "the step's code failed, and Dagster on the cluster did not retry it")
+    for pattern, transient, meaning in FAILURE_SIGNATURES:
+        match = re.search(pattern, failure_text)
+        if match:
+            return Verdict(transient, f"{meaning} ({match.group(0)!r})")
+    return Verdict(False, "nothing in it says the failure is transient")
+
+
 def ending_event(events: Sequence):
     """The first event that ends the step (success, failure, retry), or None."""
     return next((e for e in events if e.is_dagster_event and e.dagster_event.event_type in OUTCOME_EVENTS), None)
@@ -132,6 +208,12 @@ def describe_event(entry) -> str:
     error = getattr(event.event_specific_data, "error", None)
     text = f"{event.event_type_value}: {event.message or ''}".strip()
     return f"{text} {error_chain(error)}" if error is not None else text
+
+
+def events_errors(events: Sequence) -> str:
+    """The errors the step's events carry (resource init, step failure...), as text."""
+    errors = [getattr(e.dagster_event.event_specific_data, "error", None) for e in events if e.is_dagster_event]
+    return "\n".join(error_chain(error) for error in errors if error is not None)
 
 
 def tail(text: str, lines: int) -> str:
@@ -171,6 +253,10 @@ class EventRelay:
             if event.is_dagster_event:
                 yield event.dagster_event
         self.sent = max(self.sent, end)
+
+
+class EmrStepFailed(EmrError):
+    """An EMR step ended without success; the message is the step's failure report."""
 
 
 class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
@@ -224,7 +310,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
 
         Unlike dagster-aws: knows all of EMR's step states; cancels the step if this run stops
         waiting (`INTERRUPTS`); reads the events once more after the end and, for a step that
-        did not complete, raises a dg.Failure with the step's report.
+        did not complete, raises the failure `step_verdict` decides, with the step's report.
         """
         relay = EventRelay(step_context)
         try:
@@ -270,15 +356,29 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
 
     # -- a step that did not complete -----------------------------------------------------------
     def _step_failure(self, step_context, step_key, step, events, run_id) -> BaseException:
-        """The dg.Failure that ends this step, with the step's report."""
+        """The exception that ends this step: dg.RetryRequested (with the step's RetryPolicy) if
+        `step_verdict` says a retry can help, else dg.Failure; either carries the report."""
         state = step["Status"]["State"]
-        stderr_uri, _, stderr_section = self._stderr_tail(step["Id"])
+        stderr_uri, stderr, stderr_section = self._stderr_tail(step["Id"])
+        details = step["Status"].get("FailureDetails") or {}
+        emr_says = " ".join(details.get(k) or "" for k in ("Reason", "Message")).strip()
+        verdict = step_verdict(state, events, "\n".join([emr_says, events_errors(events), stderr]))
+        policy = step_context.op_retry_policy
+        retry = verdict.retry and policy is not None
         report = step_failure_report(
             headline=self._headline(step_key, step),
+            verdict=verdict.sentence(policy),
             events=events,
             events_uri=self._artifact_s3_uri(run_id, step_key, PICKLED_EVENTS_FILE_NAME),
             stderr_section=stderr_section,
         )
+        if retry:
+            error = dg.RetryRequested(
+                max_retries=policy.max_retries,
+                seconds_to_wait=policy.calculate_delay(step_context.previous_attempt_count + 1),
+            )
+            error.__cause__ = EmrStepFailed(report)
+            return error
         metadata = {"emr_step_id": step["Id"], "emr_cluster_id": self.cluster_id, "emr_state": state}
         if stderr_uri:
             metadata["stderr"] = dg.MetadataValue.path(stderr_uri)
@@ -422,7 +522,9 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
     # -- staging ----------------------------------------------------------------------------------
     def _post_artifacts(self, log, step_run_ref, run_id, step_key):
         """Stage emr_step_main.py, this package's zip and the pickled step (dagster-aws's layout),
-        server-side encrypted like every object this project writes."""
+        server-side encrypted like every object this project writes; first delete the events a
+        previous attempt of this step wrote under the same key (a retry would relay them again)."""
+        self.storage.delete(self._artifact_s3_uri(run_id, step_key, PICKLED_EVENTS_FILE_NAME))
         with tempfile.TemporaryDirectory() as temp_dir:
             code_zip = os.path.join(temp_dir, CODE_ZIP_NAME)
             package_zip(code_zip)
@@ -435,13 +537,13 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                 self.storage.upload_file(local_path, uri)
 
 
-def step_failure_report(headline: str, events: Sequence, events_uri: str, stderr_section: str) -> str:
-    """What a user reads first about a step that did not complete: what EMR says, the last
-    events the step wrote and the tail of its stderr, with S3 paths."""
+def step_failure_report(headline: str, verdict: str, events: Sequence, events_uri: str, stderr_section: str) -> str:
+    """What a user reads first about a step that did not complete: what EMR says, whether it is
+    retried and why, the last events the step wrote and the tail of its stderr, with S3 paths."""
     last = [describe_event(e) for e in events[-LAST_EVENTS:]]
     events_section = (
         f"Last events the step wrote ({events_uri}):\n{indent(chr(10).join(last))}"
         if last
         else f"The step wrote no events ({events_uri}): it stopped before Dagster started on the cluster."
     )
-    return f"{headline}\n{events_section}\n{stderr_section}"
+    return f"{headline}\n{verdict}\n{events_section}\n{stderr_section}"

@@ -1,6 +1,6 @@
 """The EMR step launcher (fruits_assets/emr_launcher.py) when a step does not simply succeed: a
 failed step says why, late logs never fail a finished step, an interrupted run cancels its step,
-and a step cancelled on EMR fails the run clearly.
+a step cancelled on EMR fails the run clearly, and transient failures are retried.
 
 Real: the launcher in a real Dagster run (`emr_probe_job`: the code location's own launcher and
 settings resources, one asset without Spark), boto3 against moto's EMR and S3 server on loopback,
@@ -14,13 +14,13 @@ Emulated by `PlayedCluster`, because moto keeps a submitted step RUNNING forever
 - a step's state: set in moto's backend (the server runs in this process), as EMR would report it;
 - its logs: the step process's stdout and stderr, gzipped to <LogUri>/<cluster>/steps/<step id>/
   as EMR's log pusher does (here at once; on EMR about 5 minutes later), or not at all;
-- a killed step (an out-of-memory kill, say): its process is killed (SIGKILL);
+- a lost node: the step process is killed (SIGKILL) and YARN's lost-node lines end its stderr;
 - CancelSteps: moto 5.2 answers HTTP 500 (NotImplementedError), so the test adds the action to
   moto's server for its duration: it records the request boto3 sent and, as AWS documents it,
   cancels a PENDING step at once and moves a RUNNING one to CANCEL_PENDING, sends its process
   SIGTERM (SEND_INTERRUPT, EMR 5.32+) and marks it CANCELLED once it exited.
-Only AWS shows: describe_step's FailureDetails (moto has none), the real texts of YARN and Spark,
-the log pusher's delay, and IAM.
+Only AWS shows: describe_step's FailureDetails (moto has none; `step_verdict` is tested on that
+text directly), the real texts of YARN and Spark, the log pusher's delay, and IAM.
 """
 
 from __future__ import annotations
@@ -41,11 +41,18 @@ import boto3
 import dagster as dg
 import pytest
 
-from fruits_assets.emr_launcher import FruitsEmrStepLauncher
-from fruits_assets_tests.emr_probe_job import HANGS, STARTED, emr_probe_job
+from fruits_assets.emr_launcher import FruitsEmrStepLauncher, step_verdict
+from fruits_assets_tests.emr_probe_job import FAILS_ON_START, HANGS, STARTED, emr_probe_job
 
 PROJECT = Path(__file__).resolve().parents[1]
 MOTO_ACCOUNT = "123456789012"  # moto's default account
+# What YARN and Spark print when a node is lost (a Spot reclaim): exit status -100.
+LOST_NODE_STDERR = (
+    "26/12/04 16:43:51 WARN YarnSchedulerBackend$YarnSchedulerEndpoint: Requesting driver to remove "
+    "executor 2 for reason Container marked as failed: container_1733330000000_0001_01_000003 on host: "
+    "ip-10-0-1-23.eu-west-1.compute.internal. Exit status: -100. Diagnostics: Container released on a "
+    "*lost* node.\n"
+)
 
 
 @dataclass
@@ -282,6 +289,7 @@ def test_a_step_killed_on_the_cluster_says_what_it_did_and_where_its_logs_are(pl
     assert not run.success
     failure = run.failure()
     assert f"EMR step {step.id} of emr_probe failed on cluster {played.cluster_id} (state FAILED)" in failure
+    assert "Not retried: nothing in it says the failure is transient" in failure
     events_uri = f"s3://{s3_bucket}/fruits/emr-staging/"
     assert "Last events the step wrote (" + events_uri in failure and f"{STARTED}: ok" in failure
     stderr_uri = f"s3://{s3_bucket}/fruits/emr-logs/{played.cluster_id}/steps/{step.id}/stderr.gz"
@@ -442,3 +450,91 @@ def test_a_step_cancelled_on_emr_fails_the_run_clearly(played, s3_bucket, state)
     assert not run.success
     expected = f"EMR step {step.id} of emr_probe was cancelled on cluster {played.cluster_id} (state {state}): Cancelled by user"
     assert expected in run.failure()
+
+
+# -- 6. retries ------------------------------------------------------------------------------------
+def test_a_lost_node_is_retried(played, s3_bucket):
+    """The step's node is lost (a Spot reclaim) while it runs: a process-level failure, outside
+    Dagster's RetryPolicy on the cluster; the launcher asks for a retry with the asset's policy and
+    the step is submitted again. The second attempt relays only its own events."""
+
+    def play(cluster, step):
+        step.state = "RUNNING"
+        if len(cluster.steps) == 1:
+            cluster.run(step, env={HANGS: "1"}, kill_when_started=True, stderr_tail=LOST_NODE_STDERR)
+            cluster.end(step, "FAILED")
+        else:
+            assert cluster.run(step) == 0
+            cluster.end(step, "COMPLETED")
+
+    played.play = play
+    with played:
+        run = run_probe(s3_bucket, played.cluster_id)
+    assert run.success, run.messages(dg.DagsterEventType.STEP_FAILURE)
+    assert [s.state for s in played.steps] == ["FAILED", "COMPLETED"], "submitted twice"
+    [retry] = run.messages(dg.DagsterEventType.STEP_UP_FOR_RETRY)
+    assert (
+        "Transient (a node was lost ('Container released on a *lost* node')): retried under the asset's RetryPolicy"
+        in retry
+    )
+    # Each attempt's own events, once: the second attempt's poll must not relay the first's
+    # events.pkl again (same staging key) in place of its own.
+    started = [len(run.messages(t)) for t in (dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_RESTARTED)]
+    assert started == [1, 1] and sum(f"{STARTED}: ok" == m for m in run.messages()) == 2, started
+
+
+def test_a_configuration_error_on_the_cluster_is_not_retried(played, s3_bucket):
+    """A resource fails to start on the cluster with a FruitsConfigError: the process exits
+    non-zero (EMR: FAILED) and its events say why. Not retried, and the failure says what to fix."""
+
+    def play(cluster, step):
+        assert cluster.run(step, env={FAILS_ON_START: "1"}) != 0
+        cluster.end(step, "FAILED")
+
+    played.play = play
+    with played:
+        run = run_probe(s3_bucket, played.cluster_id)
+    assert not run.success and len(played.steps) == 1
+    failure = run.failure()
+    assert "Not retried: a configuration error: fix what its message says" in failure
+    assert "FRUITS_PROBE is wrong: set it to something right." in failure
+
+
+def test_a_configuration_error_in_the_asset_is_not_retried(played, s3_bucket):
+    """A FruitsConfigError in the asset on the cluster: dg.Failure(allow_retries=False) there, the
+    process ends normally (EMR: COMPLETED) and its STEP_FAILURE event fails the run, once."""
+
+    def play(cluster, step):
+        assert cluster.run(step) == 0
+        cluster.end(step, "COMPLETED")
+
+    played.play = play
+    with played:
+        run = run_probe(s3_bucket, played.cluster_id, outcome="config_error")
+    assert not run.success and len(played.steps) == 1
+    assert "FRUITS_IMAGE_SIZE=95 is not supported" in run.failure()
+
+
+@pytest.mark.parametrize(
+    ("text", "retry", "why"),
+    [
+        ("ExecutorLostFailure (executor 3 exited) Reason: Container released on a *lost* node", True, "node"),
+        ("Reason: Container killed by YARN for exceeding memory limits. ExecutorLostFailure", False, "memory"),
+        (
+            "Caused by: com.amazonaws.services.s3.model.AmazonS3Exception: Slow Down (Service: S3; 503)",
+            True,
+            "throttled",
+        ),
+        ("Unknown Error /opt/fruits-venv/bin/python: No such file or directory", False, "nothing"),
+        ("fruits_assets.errors.FruitsConfigError: ... ExecutorLostFailure", False, "configuration"),
+    ],
+)
+def test_step_verdict_reads_emr_and_the_logs(text, retry, why):
+    """The one decision, on texts as EMR's FailureDetails and the step's stderr carry them: what a
+    retry cannot fix wins over what looks transient."""
+    verdict = step_verdict("FAILED", [], text)
+    assert verdict.retry is retry and why in verdict.why
+
+
+def test_step_verdict_never_retries_a_cancelled_step():
+    assert not step_verdict("CANCELLED", [], "Container released on a *lost* node").retry
