@@ -51,6 +51,7 @@ What this subclass of dagster-aws's launcher adds, and why:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -309,9 +310,9 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         """Poll the step and relay its events until EMR says it ended; then its outcome.
 
         Unlike dagster-aws: knows all of EMR's step states; cancels the step if this run stops
-        waiting (`INTERRUPTS`); reads the events once more after the end and, for a step that
-        did not complete, raises the failure `step_verdict` decides, with the step's report.
-        """
+        waiting (`INTERRUPTS`); reads the step's events after EMR says it ended, failed or not,
+        and for a step that did not complete raises what `step_verdict` decides, with the
+        step's report (`_step_failure`)."""
         relay = EventRelay(step_context)
         try:
             step = yield from self._poll(step_context, s3, run_id, step_key, emr_step_id, relay, check_interval)
@@ -421,13 +422,15 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                 return None
             raise
 
-    def _wait_for_log(self, uri: str, deadline: float) -> str | None:
-        """`_read_log`, waiting until `deadline` (time.monotonic) for the log to appear."""
+    def _wait_for_log(self, uri: str, deadline: float, interruptible: bool) -> str | None:
+        """`_read_log`, waiting until `deadline` (time.monotonic) for the log to appear.
+        `interruptible`: a run stopped meanwhile raises here; else Dagster gets the interrupt at
+        its next checkpoint (after a step that succeeded, raising here would fail it)."""
         while True:
             text = self._read_log(uri)
             if text is not None or time.monotonic() >= deadline:
                 return text
-            with raise_execution_interrupts():
+            with raise_execution_interrupts() if interruptible else contextlib.nullcontext():
                 time.sleep(min(max(self.poll_seconds, 0.1), max(deadline - time.monotonic(), 0.0)))
 
     def _stderr_tail(self, emr_step_id: str) -> tuple[str | None, str, str]:
@@ -440,18 +443,12 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
             if uri is None:
                 return None, "", "stderr of the step: the cluster has no LogUri, so EMR keeps no step logs on S3."
             deadline = time.monotonic() + (self.log_wait_seconds if self.wait_for_logs else 0.0)
-            text = self._wait_for_log(uri, deadline)
+            text = self._wait_for_log(uri, deadline, interruptible=True)
         except Exception as error:
             return uri, "", f"stderr of the step: could not read it ({uri or 'LogUri unknown'}): {error}"
         if text is None:
-            return (
-                uri,
-                "",
-                (
-                    f"stderr of the step: not on S3 yet ({LOG_COPY_NOTE}); it will appear at {uri} "
-                    "(stdout.gz beside it)."
-                ),
-            )
+            later = f"not on S3 yet ({LOG_COPY_NOTE}); it will appear at {uri} (stdout.gz beside it)."
+            return uri, "", f"stderr of the step: {later}"
         last = tail(text, STDERR_TAIL_LINES)
         return uri, last, f"stderr of the step, last {STDERR_TAIL_LINES} lines ({uri}):\n{indent(last)}"
 
@@ -465,7 +462,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
                 log.warning(f"EMR step {emr_step_id}: the cluster has no LogUri, so there are no step logs to show.")
                 return
             deadline = time.monotonic() + self.log_wait_seconds
-            texts = {name: self._wait_for_log(uri, deadline) for name, uri in uris.items()}
+            texts = {name: self._wait_for_log(uri, deadline, interruptible=False) for name, uri in uris.items()}
         except Exception as error:  # AccessDenied, a dropped connection...
             log.warning(f"EMR step {emr_step_id}: could not read its logs ({error}).")
             return

@@ -342,6 +342,29 @@ def test_a_completed_step_never_fails_for_its_logs(played, s3_bucket, logs, monk
     assert any(expected[logs] in m for m in run.messages()), run.messages()
 
 
+def test_stopping_a_run_while_it_waits_for_logs_does_not_fail_the_completed_step(played, s3_bucket, monkeypatch):
+    """The run is stopped while the launcher waits for a COMPLETED step's logs: the step stays a
+    success (its outputs are stored), and Dagster takes the interrupt at its next checkpoint.
+    Raising it there would fail a step after its success, which Dagster's executor rejects."""
+    from dagster_shared.ipc import send_interrupt
+
+    monkeypatch.setattr(FruitsEmrStepLauncher, "log_wait_seconds", 8.0)
+
+    def play(cluster, step):
+        assert cluster.run(step) == 0
+        cluster.end(step, "COMPLETED")
+        time.sleep(3)  # the launcher polls every 0.2 s: it is waiting for the logs by now
+        send_interrupt()
+
+    played.play = play
+    played.write_logs = lambda step, stdout, stderr: None
+    with played:
+        run = run_probe(s3_bucket, played.cluster_id, emr_wait_for_logs=True)
+    assert not run.messages(dg.DagsterEventType.STEP_FAILURE)
+    assert len(run.messages(dg.DagsterEventType.STEP_SUCCESS)) == 1
+    assert any("not on S3 after 8 s" in m for m in run.messages())
+
+
 # -- 5. cancelling ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("state", ["RUNNING", "PENDING"])
 def test_an_interrupted_run_cancels_its_step(played, s3_bucket, state):
