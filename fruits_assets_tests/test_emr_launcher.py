@@ -8,13 +8,15 @@ the staging on S3, and each step run by dagster-aws's `emr_step_main` in a proce
 (credentials and the endpoint only in its environment, and what the test sets there as the
 cluster would), reading the staged step from S3 and writing its events back there, as on EMR.
 The probe job itself is imported from this checkout (PYTHONPATH): it is not in the staged zip;
-`test_emr_emulation.py` runs the real assets from the staged zip with spark-submit.
+`test_emr_emulation.py` runs the real assets from the staged zip with spark-submit. One slow test
+stops the real `dagster asset materialize` CLI the way a user or the UI does.
 
 Emulated by `PlayedCluster`, because moto keeps a submitted step RUNNING forever:
 - a step's state: set in moto's backend (the server runs in this process), as EMR would report it;
 - its logs: the step process's stdout and stderr, gzipped to <LogUri>/<cluster>/steps/<step id>/
   as EMR's log pusher does (here at once; on EMR about 5 minutes later), or not at all;
-- a lost node: the step process is killed (SIGKILL) and YARN's lost-node lines end its stderr;
+- a step killed (an out-of-memory kill, say) or a lost node: the step process is killed
+  (SIGKILL); for a lost node, YARN's lost-node lines end its stderr;
 - CancelSteps: moto 5.2 answers HTTP 500 (NotImplementedError), so the test adds the action to
   moto's server for its duration: it records the request boto3 sent and, as AWS documents it,
   cancels a PENDING step at once and moves a RUNNING one to CANCEL_PENDING, sends its process
