@@ -563,3 +563,18 @@ def test_step_verdict_reads_emr_and_the_logs(text, retry, why):
 
 def test_step_verdict_never_retries_a_cancelled_step():
     assert not step_verdict("CANCELLED", [], "Container released on a *lost* node").retry
+
+
+def test_the_headline_carries_emrs_failure_details(monkeypatch):
+    """describe_step's FailureDetails (AWS only: moto has none) lead the failure's message."""
+    from fruits_assets.settings import FruitsSettings
+
+    for name in ("FRUITS_S3_ENDPOINT_URL", "FRUITS_EMR_STAGING_PREFIX"):
+        monkeypatch.delenv(name, raising=False)
+    launcher = FruitsEmrStepLauncher(FruitsSettings(deployment="emr", s3_bucket="b", emr_cluster_id="j-X"))
+    details = {"Reason": "Unknown Error", "Message": "Container killed", "LogFile": "s3://b/l/stderr.gz"}
+    step = {"Id": "s-1", "Status": {"State": "FAILED", "FailureDetails": details}}
+    assert launcher._headline("raw_images", step) == (
+        "EMR step s-1 of raw_images failed on cluster j-X (state FAILED). EMR says: Reason: Unknown Error; "
+        "Message: Container killed; LogFile: s3://b/l/stderr.gz"
+    )
