@@ -83,9 +83,12 @@ GROUP = "fruits"
 # data). Their warnings are not repeated at every import of the code location.
 for _beta in ("observable_source_asset", "include_sources", "data_version"):
     warnings.filterwarnings("ignore", message=f".*{_beta}.*is currently in beta", category=dg.BetaWarning)
-# Steps that talk to S3 or EMR retry transient faults (throttling, a dropped connection, a lost
-# Spot node) with backoff; a configuration error (dg.Failure with allow_retries=False) is not
-# retried.
+# Steps that talk to S3 or EMR retry transient faults with backoff; a configuration error
+# (dg.Failure with allow_retries=False, errors.py) is not retried. Two paths, one policy: an error
+# in the asset's Python (throttling, a dropped connection, a Spark job that lost its Spot node) is
+# retried by this policy where the asset runs (on EMR its events carry the retry back); an EMR step
+# that failed as a process (its node lost, a Spot reclaim, throttling) is retried by the step
+# launcher with this policy's retries and delay, when `emr_launcher.step_verdict` finds it transient.
 S3_RETRY = dg.RetryPolicy(max_retries=2, delay=5.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 # Every Spark asset: on EMR, the step launcher runs it on the cluster. (The IO manager of its
 # outputs is in context.resources too: Dagster gives a step the resources of its outputs.)

@@ -84,6 +84,18 @@ def test_the_cluster_may_list_the_bucket_so_a_missing_key_is_a_404():
     )
 
 
+def test_the_host_may_cancel_the_steps_it_submits():
+    """EMR API, CancelSteps: the step launcher cancels the EMR step of a run that is terminated or
+    interrupted (emr_launcher.py, `_cancel_step`); without elasticmapreduce:CancelSteps the call is
+    denied and the step keeps running, billed, ahead of the next run's steps. It is granted on the
+    same clusters as the calls that submit and watch steps: those tagged project=fruits."""
+    clusters = "arn:aws:elasticmapreduce:eu-west-1:111122223333:cluster/*"
+    [grant] = allowed("iam/dagster_host_policy.json", "elasticmapreduce:CancelSteps", clusters)
+    launcher_calls = {"AddJobFlowSteps", "DescribeStep", "DescribeCluster", "CancelSteps"}
+    assert set(as_list(grant["Action"])) == {f"elasticmapreduce:{call}" for call in launcher_calls}
+    assert grant["Condition"] == {"StringEquals": {"aws:ResourceTag/project": "fruits"}}
+
+
 def test_the_kms_key_encrypts_the_cluster_disks():
     """EMR local-disk encryption with EBS encryption and a customer managed key: the EMR service
     role and the instance role are key users (Encrypt, Decrypt, ReEncrypt*, GenerateDataKey*,
