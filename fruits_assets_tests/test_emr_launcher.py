@@ -274,6 +274,7 @@ def run_probe(bucket: str, cluster_id: str, outcome: str = "ok", **settings) -> 
 
 
 # -- 4. a failed step says why -------------------------------------------------------------------
+@pytest.mark.slow  # the steps run emr_step_main in processes of their own
 def test_a_step_killed_on_the_cluster_says_what_it_did_and_where_its_logs_are(played, s3_bucket):
     """The step's process dies (an out-of-memory kill, say) after it started: the failure carries
     the last events it wrote, from S3 after EMR said FAILED (dagster-aws raised "EMR step ...
@@ -301,6 +302,7 @@ def test_a_step_killed_on_the_cluster_says_what_it_did_and_where_its_logs_are(pl
     assert any(f"{STARTED}: ok" in m for m in run.messages())
 
 
+@pytest.mark.slow  # the steps run emr_step_main in processes of their own
 def test_a_step_that_failed_before_its_logs_were_copied_says_where_they_will_be(played, s3_bucket):
     """A spark-submit error, say: no events, and no logs on S3 yet (EMR copies them every ~5
     minutes): the failure says so and names where they will appear."""
@@ -320,6 +322,7 @@ def test_a_step_that_failed_before_its_logs_were_copied_says_where_they_will_be(
     )
 
 
+@pytest.mark.slow  # the steps run emr_step_main in processes of their own
 @pytest.mark.parametrize("logs", ["copied", "late", "no_log_uri"])
 def test_a_completed_step_never_fails_for_its_logs(played, s3_bucket, logs, monkeypatch):
     """FRUITS_EMR_WAIT_FOR_LOGS=1 and the step COMPLETED (its outputs are stored): its logs are
@@ -344,6 +347,7 @@ def test_a_completed_step_never_fails_for_its_logs(played, s3_bucket, logs, monk
     assert any(expected[logs] in m for m in run.messages()), run.messages()
 
 
+@pytest.mark.slow  # the steps run emr_step_main in processes of their own
 def test_stopping_a_run_while_it_waits_for_logs_does_not_fail_the_completed_step(played, s3_bucket, monkeypatch):
     """The run is stopped while the launcher waits for a COMPLETED step's logs: the step stays a
     success (its outputs are stored), and Dagster takes the interrupt at its next checkpoint.
@@ -368,6 +372,7 @@ def test_stopping_a_run_while_it_waits_for_logs_does_not_fail_the_completed_step
 
 
 # -- 5. cancelling ---------------------------------------------------------------------------------
+@pytest.mark.slow  # the steps run emr_step_main in processes of their own
 @pytest.mark.parametrize("state", ["RUNNING", "PENDING"])
 def test_an_interrupted_run_cancels_its_step(played, s3_bucket, state):
     """Terminating a run (UI) or Ctrl-C: Dagster's termination thread sends the step's process
@@ -460,6 +465,7 @@ def test_stopping_dagster_asset_materialize_cancels_the_step(played, s3_bucket, 
     assert "DagsterExecutionInterruptedError" in log
 
 
+@pytest.mark.slow  # the steps run emr_step_main in processes of their own
 @pytest.mark.parametrize("state", ["CANCEL_PENDING", "CANCELLED", "INTERRUPTED"])
 def test_a_step_cancelled_on_emr_fails_the_run_clearly(played, s3_bucket, state):
     """Someone cancels the step in the EMR console: the run fails with that, not with
@@ -478,6 +484,7 @@ def test_a_step_cancelled_on_emr_fails_the_run_clearly(played, s3_bucket, state)
 
 
 # -- 6. retries ------------------------------------------------------------------------------------
+@pytest.mark.slow  # the steps run emr_step_main in processes of their own
 def test_a_lost_node_is_retried(played, s3_bucket):
     """The step's node is lost (a Spot reclaim) while it runs: a process-level failure, outside
     Dagster's RetryPolicy on the cluster; the launcher asks for a retry with the asset's policy and
@@ -508,6 +515,7 @@ def test_a_lost_node_is_retried(played, s3_bucket):
     assert started == [1, 1] and sum(f"{STARTED}: ok" == m for m in run.messages()) == 2, started
 
 
+@pytest.mark.slow  # the steps run emr_step_main in processes of their own
 def test_a_configuration_error_on_the_cluster_is_not_retried(played, s3_bucket):
     """A resource fails to start on the cluster with a FruitsConfigError: the process exits
     non-zero (EMR: FAILED) and its events say why. Not retried, and the failure says what to fix."""
@@ -525,6 +533,7 @@ def test_a_configuration_error_on_the_cluster_is_not_retried(played, s3_bucket):
     assert "FRUITS_PROBE is wrong: set it to something right." in failure
 
 
+@pytest.mark.slow  # the steps run emr_step_main in processes of their own
 def test_a_configuration_error_in_the_asset_is_not_retried(played, s3_bucket):
     """A FruitsConfigError in the asset on the cluster: dg.Failure(allow_retries=False) there, the
     process ends normally (EMR: COMPLETED) and its STEP_FAILURE event fails the run, once."""
