@@ -73,15 +73,13 @@ import numpy
 import pandas
 import PIL
 import pyarrow
-import sklearn
-import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 assert sys.version_info[:2] == (3, 11), sys.version
 assert int(pandas.__version__.split(".")[0]) < 3, pandas.__version__
 print(
     "fruits venv OK:", platform.machine(), sys.version.split()[0], "dagster", dagster.__version__,
-    "tensorflow", tf.__version__, "pandas", pandas.__version__,
+    "pandas", pandas.__version__,
 )
 PY
 

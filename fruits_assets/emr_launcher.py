@@ -45,6 +45,9 @@ What this subclass of dagster-aws's launcher adds, and why:
   policy on the cluster (its events carry the retry); a step that failed as a process (a lost
   node, a Spot reclaim, throttling) raises dg.RetryRequested with the step's own policy; a
   configuration error, a cancelled step or an unknown failure is not retried.
+- **The host converts the model** (`_stage_converted_model`): the cluster installs LiteRT, not
+  TensorFlow (~0.5 GB less per node and bootstrap); before launching `image_features`, the host
+  converts the Keras model into the model cache on S3, where the step finds it.
 - **A retry starts clean**: a retry is staged under the same keys, so the previous attempt's
   events are deleted first (dagster-aws would relay them again as the new attempt's).
 """
@@ -122,6 +125,10 @@ FAILURE_SIGNATURES: tuple[tuple[str, bool, str], ...] = (
         "a dropped connection",
     ),
 )
+
+
+# Steps whose model the host converts before launching them (the cluster has no TensorFlow).
+CONVERTS_ON_THE_HOST = {"image_features"}
 
 
 def package_zip(zip_path: str) -> list[str]:
@@ -281,6 +288,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
             local_job_package_path=str(Path(fruits_assets.__file__).resolve().parents[1]),
             deploy_local_job_package=True,
         )
+        self.settings = settings
         self.settings_config = settings.as_run_config()
         self.storage = settings.storage()
         self.poll_seconds = float(resolved.emr_poll_seconds)
@@ -291,6 +299,8 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
             step_context_to_step_run_ref(step_context, self.local_job_package_path), self.settings_config
         )
         run_id = step_context.dagster_run.run_id
+        if step_context.op.name in CONVERTS_ON_THE_HOST:
+            self._stage_converted_model(step_context.log, run_id)
         self._post_artifacts(step_context.log, step_run_ref, run_id, step_run_ref.step_key)
         emr_step_def = self._get_emr_step_def(run_id, step_run_ref.step_key, step_context.op.name)
         [emr_step_id] = self.emr_job_runner.add_job_flow_steps(step_context.log, self.cluster_id, [emr_step_def])
@@ -517,6 +527,25 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         )
 
     # -- staging ----------------------------------------------------------------------------------
+    def _stage_converted_model(self, log, run_id: str) -> None:
+        """The cluster has no TensorFlow (emr_resources/requirements.txt): the host converts the
+        Keras model to LiteRT, once per weights, input size and conversion, into the model cache
+        the step reads (`<assets>/_models`); a model already there is neither converted nor
+        uploaded again. The size is that of the arrays the step will featurize."""
+        from fruits_assets.featurize import feature_model, resolve_weights
+        from fruits_assets.versions import NotMaterializedError, VersionStore
+
+        resolved = self.settings.resolved()
+        try:
+            stored = VersionStore(self.settings.assets_uri(), self.storage).for_run("preprocessed_images", run_id)
+            size = stored.get("image_size") or resolved.image_size
+        except NotMaterializedError:
+            size = resolved.image_size
+        weights = resolve_weights(resolved.model_weights, size, self.storage)
+        model = feature_model(weights, size, self.storage, self.settings.model_cache_uri())
+        state = "cached" if model.from_cache else f"converted here (LiteRT vs Keras: {model.max_abs_diff:.2g})"
+        log.info(f"image_features: LiteRT model {model.key} for the cluster: {state}")
+
     def _post_artifacts(self, log, step_run_ref, run_id, step_key):
         """Stage emr_step_main.py, this package's zip and the pickled step (dagster-aws's layout),
         server-side encrypted like every object this project writes; first delete the events a

@@ -230,6 +230,14 @@ def feature_model(weights: Weights, image_size: int, storage=None, cache_dir: st
     cached = join(cache_dir, f"{model_key(weights.sha256, image_size)}.tflite") if cache_dir else None
     if cached and storage.exists(cached):
         return FeatureModel(storage.read_bytes(cached), image_size, weights, None, True)
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        raise FruitsConfigError(
+            f"No converted model {cached or ''} and no TensorFlow here to convert one: on EMR the Dagster "
+            "host converts it before the image_features step (run the step from the host: `dagster asset "
+            "materialize`, or the UI), on a machine with the project installed."
+        ) from None
     model = load_model(weights, image_size)
     flatbuffer = to_litert(model, image_size)
     diff = check_litert(flatbuffer, model, image_size)

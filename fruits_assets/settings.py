@@ -192,10 +192,14 @@ class FruitsSettings(dg.ConfigurableResource):
         )
 
     def model_cache_uri(self) -> str:
-        """Where converted models are cached (by weights, size and conversion), shared by runs."""
+        """Where converted models are cached (by weights, size and conversion), shared by runs.
+        On EMR always beside the assets, where the host converts them and the steps read them."""
         from fruits_assets.storage import join
 
-        return self.resolved().model_cache or join(self.assets_uri(), "_models")
+        resolved = self.resolved()
+        if resolved.deployment == "emr" or not resolved.model_cache:
+            return join(self.assets_uri(), "_models")
+        return resolved.model_cache
 
     def assets_uri(self) -> str:
         """Where assets live: a local folder, or s3://bucket/prefix on EMR."""

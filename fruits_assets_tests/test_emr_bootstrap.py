@@ -60,16 +60,45 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def third_party_imports() -> set[str]:
-    """Top-level modules imported anywhere in the package (function-level imports included)."""
-    modules = set()
+# Imported only where the Dagster host runs the code, never on a node: {module: {file: functions}}.
+# The host converts the Keras model to LiteRT before the image_features step (emr_launcher), and
+# pca_quality (scikit-learn) has no step launcher: it runs on the host.
+HOST_ONLY = {
+    "tensorflow": {"featurize.py": {"to_litert", "feature_model"}},
+    "keras": {"featurize.py": {"build_model", "random_model", "imagenet_model"}},
+    "sklearn": {"quality.py": {"evaluate"}},
+    "threadpoolctl": {"quality.py": {"evaluate"}},
+}
+
+
+def imports_by_place() -> list[tuple[str, str, str | None]]:
+    """(module, file, enclosing top-level function or None) of every import in the package."""
+    found = []
     for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                modules |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                modules.add(node.module.split(".")[0])
+        tree = ast.parse(path.read_text())
+        for top in tree.body:
+            function = top.name if isinstance(top, ast.FunctionDef | ast.ClassDef) else None
+            for node in ast.walk(top):
+                if isinstance(node, ast.Import):
+                    found += [(alias.name.split(".")[0], path.name, function) for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    found.append((node.module.split(".")[0], path.name, function))
+    return found
+
+
+def third_party_imports() -> set[str]:
+    """Top-level modules imported anywhere in the package (function-level imports included),
+    but the host-only ones."""
+    modules = {module for module, _, _ in imports_by_place()} - set(HOST_ONLY)
     return {m for m in modules if m not in sys.stdlib_module_names and m != "fruits_assets" and m != "__future__"}
+
+
+def test_host_only_modules_are_imported_only_in_host_only_functions():
+    """TensorFlow and scikit-learn are not on the nodes: they are imported nowhere but in the
+    functions that run on the host (conversion, evaluation), never when a module is imported."""
+    for module, file, function in imports_by_place():
+        if module in HOST_ONLY:
+            assert function in HOST_ONLY[module].get(file, set()), (module, file, function)
 
 
 def closure(names: set[str]) -> set[str]:
@@ -100,6 +129,8 @@ def test_every_module_the_code_imports_is_installed_on_the_cluster():
         if not distributions & (installed | PROVIDED_BY_EMR):
             missing[module] = sorted(distributions)
     assert not missing, f"imported by fruits_assets, not installed by the EMR bootstrap: {missing}"
+    host_only = {"tensorflow", "tensorflow-cpu", "keras", "scikit-learn", "threadpoolctl"}
+    assert not host_only & {canonical(r.name) for r in cluster_requirements()}, "a host-only package on the nodes"
 
 
 def test_cluster_pins_agree_with_pyproject():
