@@ -19,10 +19,12 @@ made with a region only, so `AWS_ENDPOINT_URL` (a local S3/EMR server, in tests)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -639,6 +641,79 @@ def cmd_create(args, out=None) -> str:
     return cluster_id
 
 
+def cmd_run(args, out=None) -> int:
+    """Create a cluster (or use --cluster-id), materialize on it, and terminate it, whatever the
+    outcome: success, failure, Ctrl-C or SIGTERM (a cluster given with --cluster-id is kept unless
+    --terminate). The run is `dagster asset materialize` with FRUITS_DEPLOYMENT=emr, in a process
+    of its own; an interrupt reaches it first (its step launcher cancels the running EMR step),
+    then the cluster is terminated. Returns the materialization's exit code."""
+    out = out or sys.stdout
+    region = _region(args)
+    emr = _client("emr", region)
+    given = args.cluster_id
+    started = time.monotonic()
+    cluster_id = given or cmd_create(argparse.Namespace(**{**vars(args), "wait": True}), out)
+    terminate = args.terminate or not given
+    code = 1
+    try:
+        with _interrupts_as_keyboard_interrupt():
+            code = materialize_on(cluster_id, region, args, out)
+    except KeyboardInterrupt:
+        print("fruits-emr run: interrupted; the run's step launcher cancels its EMR step", file=out)
+        code = 130
+    finally:
+        hours = (time.monotonic() - started) / 3600.0
+        if terminate:
+            emr.terminate_job_flows(JobFlowIds=[cluster_id])
+            state = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
+            print(f"cluster {cluster_id}: terminated ({state}) after {hours * 60:.1f} min", file=out)
+        else:
+            print(f"cluster {cluster_id}: kept (given with --cluster-id); `fruits-emr terminate` when done", file=out)
+    return code
+
+
+@contextlib.contextmanager
+def _interrupts_as_keyboard_interrupt():
+    """SIGTERM (a CI job cancelled, `kill`) ends `run` as Ctrl-C does: the cluster is terminated."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def materialize_on(cluster_id: str, region: str, args, out) -> int:
+    """`dagster asset materialize --select <args.select>` on this cluster; its exit code. The child
+    is in this process group, so Ctrl-C reaches it too; on SIGTERM it gets SIGINT, and is waited
+    for (its launcher cancels the running step) before the cluster goes."""
+    settings = _settings(args)
+    env = {
+        **os.environ,
+        "FRUITS_DEPLOYMENT": "emr",
+        "FRUITS_EMR_CLUSTER_ID": cluster_id,
+        "FRUITS_AWS_REGION": region,
+        "FRUITS_S3_BUCKET": settings.s3_bucket,
+        "FRUITS_S3_PREFIX": settings.s3_prefix,
+    }
+    dagster = shutil.which("dagster", path=os.path.dirname(sys.executable)) or "dagster"
+    command = [dagster, "asset", "materialize", "-m", "fruits_assets.definitions", "--select", args.select]
+    print(f"running {' '.join(command)} on {cluster_id}", file=out, flush=True)
+    process = subprocess.Popen(command, env=env)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=args.cancel_timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+
+
 def cmd_status(args, out=None) -> dict:
     out = out or sys.stdout
     region = _region(args)
@@ -785,7 +860,8 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--resources-dir", help="emr_resources/ folder (default: the repository's)")
     sub = root.add_subparsers(dest="command", required=True)
 
-    create = sub.add_parser("create", parents=[common], help="create the cluster")
+    cluster = argparse.ArgumentParser(add_help=False)  # what `create` and `run` take to make a cluster
+    create = cluster
     create.add_argument("--bucket", help="S3 bucket (default FRUITS_S3_BUCKET)")
     create.add_argument("--prefix", help="S3 prefix (default FRUITS_S3_PREFIX, else fruits)")
     create.add_argument("--name", help="cluster name (default: cluster.yaml's)")
@@ -807,9 +883,19 @@ def parser() -> argparse.ArgumentParser:
         " enables in-transit encryption (EMR makes no certificates itself)",
     )
     create.add_argument("--pip-index-url", help="PyPI mirror for the bootstrap (nodes without internet access)")
-    create.add_argument("--wait", action="store_true", help="wait until the cluster is WAITING")
-    create.add_argument("--timeout", type=float, default=1800.0, help="--wait timeout, seconds")
+    create.add_argument("--timeout", type=float, default=1800.0, help="how long to wait for WAITING, seconds")
     create.add_argument("--poll-seconds", type=float, default=30.0, help=argparse.SUPPRESS)
+    create = sub.add_parser("create", parents=[common, cluster], help="create the cluster")
+    create.add_argument("--wait", action="store_true", help="wait until the cluster is WAITING")
+    run = sub.add_parser(
+        "run",
+        parents=[common, cluster],
+        help="create a cluster, materialize on it, terminate it (on success, failure or interrupt)",
+    )
+    run.add_argument("--cluster-id", help="run on this cluster instead (kept afterwards, unless --terminate)")
+    run.add_argument("--terminate", action="store_true", help="terminate a --cluster-id cluster too")
+    run.add_argument("--select", default="*", help="the assets to materialize (default: all)")
+    run.add_argument("--cancel-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
 
     for name, text in (("status", "describe the cluster"), ("terminate", "terminate the cluster")):
         command = sub.add_parser(name, parents=[common], help=text)
@@ -840,6 +926,7 @@ def parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "create": cmd_create,
+    "run": cmd_run,
     "status": cmd_status,
     "terminate": cmd_terminate,
     "cost": cmd_cost,
@@ -853,7 +940,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        result = COMMANDS[args.command](args)
+        if args.command == "run":
+            return result
     except FruitsConfigError as error:
         print(f"fruits-emr {args.command}: error: {error}", file=sys.stderr)
         return 2
