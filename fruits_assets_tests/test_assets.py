@@ -6,7 +6,16 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from fruits_assets.assets import PcaConfig, RawImagesConfig, pca_features_csv, pca_model, raw_images
+from fruits_assets.assets import (
+    PcaConfig,
+    RawImagesConfig,
+    image_features,
+    pca_features_csv,
+    pca_model,
+    preprocessed_images,
+    raw_images,
+    rejected_images,
+)
 from fruits_assets.constants import FEATURE_DIM
 from fruits_assets.csv_table import CsvTable
 from fruits_assets.resources import fruits_resources
@@ -56,11 +65,18 @@ def test_raw_images_lists_paths_labels_splits_and_bytes(stored):
     assert stored["metadata"]["raw_images"]["thumbnails"].startswith("![one image per class](data:image/png;base64,")
 
 
-def test_raw_images_invoked_directly_keeps_the_limit_per_class(context):
-    """An asset unit test: the asset called as a function, its output a value."""
+def test_the_stages_invoked_directly_as_functions(context):
+    """Asset unit tests: each stage called as a function on the previous one's value (no IO
+    manager: nothing reused, everything computed), with the limit per class of this context."""
     [raw] = raw_images(context, RawImagesConfig())
     assert raw.value.count() == 8 * 2 * 2 == raw.metadata["images"].value
     assert raw.metadata["skipped_by_limit"].value == 8 * (2 + 0)
+    preprocessed = preprocessed_images(context, raw.value)
+    assert preprocessed.metadata["computed"].value == 32 and preprocessed.data_version is not None
+    assert rejected_images(context, raw.value).value.count() == 0
+    features = image_features(context, preprocessed.value)
+    vectors = np.array([r.features for r in features.value.collect()])
+    assert vectors.shape == (32, FEATURE_DIM) and np.isfinite(vectors).all()
 
 
 def test_preprocessed_images_are_uint8_arrays_of_the_model_size(stored):
