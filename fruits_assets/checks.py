@@ -142,9 +142,9 @@ def vectors_complete_and_finite(context, image_features, preprocessed_images) ->
     from pyspark.sql import functions as F
 
     def compute():
-        context.resources.pyspark.spark_session  # Columns need a session (on EMR this step's process starts it)
+        features = image_features.select("features")  # read first: Columns need a session (a new EMR step has none)
         bad = F.sum(bad_vector().cast("int")).alias("bad")
-        counts = image_features.agg(F.count(F.lit(1)).alias("rows"), bad).first()
+        counts = features.agg(F.count(F.lit(1)).alias("rows"), bad).first()
         rows, bad, images = counts["rows"], counts["bad"] or 0, preprocessed_images.count()
         return rows == images and bad == 0, {"feature_rows": rows, "preprocessed_images": images, "bad_vectors": bad}
 
