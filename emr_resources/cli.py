@@ -4,14 +4,14 @@ Reads this package's files (cluster.yaml, security_configuration.json, bootstrap
 requirements.lock, prices.json, iam/, s3_bucket_policy.json) as package data. Settings (bucket,
 prefix, region, KMS key, cluster id) come from the command line, else from the same FRUITS_*
 variables and defaults as the pipeline's (`fruits_assets.settings`). Pure functions (`load_resources`, `fill_placeholders`,
-`build_run_job_flow_request`, `build_security_configuration`, `estimate_cost`, `hours_for_images`)
-build requests and numbers; the `cmd_*` functions are the only ones that call AWS. boto3 clients are
+`build_run_job_flow_request`, `build_security_configuration`; cost.py's `estimate_run`) build
+requests and numbers; the `cmd_*` functions are the only ones that call AWS. boto3 clients are
 made with a region only, so `AWS_ENDPOINT_URL` (a local S3/EMR server, in tests) is honoured.
 
     fruits-emr create --bucket my-bucket --wait      # prints: export FRUITS_EMR_CLUSTER_ID=j-...
     fruits-emr status   [--cluster-id j-...]
     fruits-emr terminate [--cluster-id j-...]
-    fruits-emr cost --images 90000                  # or --hours 1.5
+    fruits-emr cost                                 # a full Fruits-360 run; --images N, --hours H, --json
     fruits-emr render --bucket my-bucket --out-dir /tmp/fruits-iam   # filled IAM / bucket policies
     fruits-emr lock                                 # requirements.txt -> requirements.lock (uv)
 """
@@ -34,40 +34,13 @@ from string import Template
 
 import yaml
 
+from emr_resources import cost as cost_model
+from emr_resources.cost import runs_executors
 from emr_resources.lock import LOCK_NAME, read_lock, uv_compile_args
 from fruits_assets.errors import FruitsConfigError
 from fruits_assets.settings import EU_REGION, FruitsSettings, validate_region
 
 DEFAULT_REGION = EU_REGION
-
-# Throughput assumption of `cost --images`: images per second per worker (core + task) vCPU for
-# the whole pipeline (decode, resize to 224, MobileNetV2 on CPU, PCA, CSV). MobileNetV2 at 224 is
-# ~0.3 GFLOP per image; a Graviton vCPU does a few tens of images/s in TensorFlow alone, and Spark,
-# Arrow, JPEG decoding and YARN's reserved cores take a large share: 4/s/vCPU is deliberately
-# conservative. Measure on your cluster (the image_features metadata has timings) and pass
-# --images-per-vcpu-second.
-IMAGES_PER_VCPU_SECOND = 4.0
-# Provisioning (~8 min for fleets) plus the bootstrap (Python 3.11 + TensorFlow wheels, ~10 min)
-# are billed before the first step runs.
-SETUP_HOURS = 0.3
-# Each asset or Spark check is its own EMR step: spark-submit in client mode, a YARN application
-# and its executors, then Python, Dagster and TensorFlow imports, plus up to one launcher poll
-# (FRUITS_EMR_POLL_SECONDS, 15 s). An assumption, not a measurement: about a minute per step.
-STEP_STARTUP_SECONDS = 60.0
-# With FRUITS_EMR_WAIT_FOR_LOGS=1, each step also waits for EMR's 5-minute log upload.
-LOG_WAIT_SECONDS = 300.0
-
-
-def emr_steps_per_run() -> list[str]:
-    """The steps a whole-graph run submits to EMR: every asset and check that needs Spark."""
-    from fruits_assets.definitions import all_assets, all_checks
-
-    steps = []
-    for definition in [*all_assets, *all_checks]:
-        if "pyspark_step_launcher" in definition.required_resource_keys:
-            steps.append(definition.node_def.name)
-    return sorted(steps)
-
 
 TERMINAL_STATES = ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS")
 READY_STATES = ("WAITING", "RUNNING")
@@ -169,13 +142,15 @@ def bootstrap_s3_uri(cluster: dict, values: dict[str, str], name: str) -> str:
 
 def _fleet_request(fleet: dict, cluster: dict) -> dict:
     spot = fleet["market"] == "SPOT"
-    is_master = fleet["type"] == "MASTER"
+    # Nodes that run executors get gp3 for YARN's local directories: core and task nodes, and the
+    # primary of a single-node cluster.
+    ebs = runs_executors(cluster, fleet)
     type_configs = []
     for instance_type in fleet["instance_types"]:
         config = {"InstanceType": instance_type, "WeightedCapacity": 1}
         if spot:
             config["BidPriceAsPercentageOfOnDemandPrice"] = 100.0  # never pay above on-demand
-        if not is_master:
+        if ebs:
             config["EbsConfiguration"] = {
                 "EbsBlockDeviceConfigs": [
                     {
@@ -328,99 +303,6 @@ def build_security_configuration(
         encryption["EnableInTransitEncryption"] = False
         encryption.pop("InTransitEncryptionConfiguration", None)
     return document
-
-
-# -- cost ---------------------------------------------------------------------------------------
-@dataclass
-class CostLine:
-    fleet: str
-    instance_type: str
-    market: str
-    count: int
-    ec2_per_hour: float
-    emr_per_hour: float
-    hours: float
-
-    @property
-    def per_hour(self) -> float:
-        return self.count * (self.ec2_per_hour + self.emr_per_hour)
-
-    @property
-    def cost(self) -> float:
-        return self.per_hour * self.hours
-
-
-def _price(prices: dict, instance_type: str) -> dict:
-    try:
-        return prices["instance_types"][instance_type]
-    except KeyError:
-        raise FruitsConfigError(
-            f"prices.json has no price for {instance_type}: add it (see its source note)."
-        ) from None
-
-
-def worker_vcpus(cluster: dict, prices: dict) -> int:
-    """vCPUs of the core and task fleets at target capacity, with each fleet's first type."""
-    return sum(
-        int(fleet["target_capacity"]) * int(_price(prices, fleet["instance_types"][0])["vcpu"])
-        for fleet in cluster["instance_fleets"]
-        if fleet["type"] != "MASTER"
-    )
-
-
-def hours_for_images(
-    images: int,
-    vcpus: int,
-    images_per_vcpu_second: float = IMAGES_PER_VCPU_SECOND,
-    setup_hours: float = SETUP_HOURS,
-    steps: int = 0,
-    seconds_per_step: float = STEP_STARTUP_SECONDS,
-) -> float:
-    """Billed hours for one run over `images` images: setup, the start-up of each of its EMR
-    steps, and images / throughput."""
-    if images < 0 or vcpus <= 0 or images_per_vcpu_second <= 0 or steps < 0:
-        raise FruitsConfigError("images and steps must be >= 0, vCPUs and throughput > 0.")
-    return setup_hours + (steps * seconds_per_step + images / (images_per_vcpu_second * vcpus)) / 3600.0
-
-
-def estimate_cost(cluster: dict, prices: dict, hours: float) -> list[CostLine]:
-    """One line per fleet, priced with its first (preferred) instance type: Spot fleets at the
-    typical Spot price, on-demand ones at the on-demand price, plus the EMR fee. Pure."""
-    if hours < 0:
-        raise FruitsConfigError(f"hours must be >= 0, not {hours}.")
-    lines = []
-    for fleet in cluster["instance_fleets"]:
-        instance_type = fleet["instance_types"][0]
-        price = _price(prices, instance_type)
-        spot = fleet["market"] == "SPOT"
-        lines.append(
-            CostLine(
-                fleet=fleet["name"],
-                instance_type=instance_type,
-                market=fleet["market"],
-                count=int(fleet["target_capacity"]),
-                ec2_per_hour=float(price["spot"] if spot else price["on_demand"]),
-                emr_per_hour=float(price["emr"]),
-                hours=hours,
-            )
-        )
-    return lines
-
-
-def format_cost_table(lines: list[CostLine], prices: dict) -> str:
-    header = f"{'fleet':<8}{'type':<14}{'market':<11}{'n':>3}{'EC2 $/h':>10}{'EMR $/h':>10}{'hours':>8}{'USD':>10}"
-    rows = [header, "-" * len(header)]
-    for line in lines:
-        rows.append(
-            f"{line.fleet:<8}{line.instance_type:<14}{line.market:<11}{line.count:>3}"
-            f"{line.ec2_per_hour:>10.4f}{line.emr_per_hour:>10.4f}{line.hours:>8.3f}{line.cost:>10.2f}"
-        )
-    total = sum(line.cost for line in lines)
-    rows.append("-" * len(header))
-    rows.append(f"cluster per hour: {sum(line.per_hour for line in lines):.4f} USD")
-    rows.append(f"TOTAL: {total:.2f} USD")
-    rows.append(f"(prices {prices.get('region')} as of {prices.get('as_of')}: {prices.get('source')})")
-    return "\n".join(rows)
 
 
 # -- AWS calls ----------------------------------------------------------------------------------
@@ -748,39 +630,33 @@ def cmd_terminate(args, out=None) -> str:
 
 
 def cmd_cost(args, out=None) -> float:
+    """Print what a run costs (emr_resources/cost.py: every figure with its source), or the same
+    as JSON with --json; return the total in USD."""
     out = out or sys.stdout
     resources = load_resources(args.resources_dir)
-    cluster, prices = resources.cluster, resources.prices
-    if args.hours is not None:
-        hours = args.hours
-        print(f"assumed billed hours: {hours}", file=out)
+    measurements = cost_model.load_measurements(args.measurements or resources.directory / cost_model.MEASUREMENTS_NAME)
+    settings = _settings(args)
+    mismatches = cost_model.sizing_mismatches(resources.cluster)
+    if mismatches:
+        raise FruitsConfigError(
+            "cluster.yaml's spark-defaults disagree with its executor_sizing: " + "; ".join(mismatches)
+        )
+    estimate = cost_model.estimate_run(
+        resources.cluster,
+        resources.prices,
+        measurements,
+        images=args.images,
+        image_size=args.image_size,
+        poll_seconds=float(settings.emr_poll_seconds),
+        wait_for_logs=bool(settings.emr_wait_for_logs),
+        hours=args.hours,
+        include_idle_timeout=args.include_idle_timeout,
+    )
+    if args.json:
+        print(json.dumps(estimate.as_dict(), indent=2), file=out)
     else:
-        vcpus = worker_vcpus(cluster, prices)
-        steps = emr_steps_per_run()
-        per_step = STEP_STARTUP_SECONDS + (LOG_WAIT_SECONDS if _settings(args).emr_wait_for_logs else 0.0)
-        hours = hours_for_images(
-            args.images, vcpus, args.images_per_vcpu_second, args.setup_hours, len(steps), per_step
-        )
-        print(
-            f"assumed: {args.images_per_vcpu_second} images/s per worker vCPU for the whole "
-            f"pipeline (--images-per-vcpu-second; measure yours: image_features' rows_per_second), "
-            f"{args.setup_hours} h provisioning + bootstrap (--setup-hours), {per_step:.0f} s start-up "
-            f"per EMR step{' incl. the 5-min log wait (FRUITS_EMR_WAIT_FOR_LOGS=1)' if per_step > STEP_STARTUP_SECONDS else ''}",
-            file=out,
-        )
-        print(f"a whole run is {len(steps)} EMR steps: {', '.join(steps)}", file=out)
-        print(
-            f"{args.setup_hours} h + {len(steps)} x {per_step:.0f} s + {args.images} images / "
-            f"({args.images_per_vcpu_second} x {vcpus} worker vCPUs) = {hours:.3f} billed hours",
-            file=out,
-        )
-    if args.include_idle_timeout:
-        idle = int(cluster["idle_timeout_seconds"]) / 3600.0
-        hours += idle
-        print(f"+ {idle:.2f} h idle before auto-termination (no `fruits-emr terminate`)", file=out)
-    lines = estimate_cost(cluster, prices, hours)
-    print(format_cost_table(lines, prices), file=out)
-    return sum(line.cost for line in lines)
+        print(cost_model.format_estimate(estimate, resources.prices), file=out)
+    return estimate.total_usd
 
 
 def cmd_render(args, out=None) -> list[Path]:
@@ -901,13 +777,29 @@ def parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, parents=[common], help=text)
         command.add_argument("--cluster-id", help="default FRUITS_EMR_CLUSTER_ID")
 
-    cost = sub.add_parser("cost", parents=[common], help="estimate the cost of a run (USD)")
-    amount = cost.add_mutually_exclusive_group(required=True)
-    amount.add_argument("--hours", type=float, help="billed cluster hours")
-    amount.add_argument("--images", type=int, help="images in the run (hours from a throughput assumption)")
-    cost.add_argument("--images-per-vcpu-second", type=float, default=IMAGES_PER_VCPU_SECOND)
-    cost.add_argument("--setup-hours", type=float, default=SETUP_HOURS)
-    cost.add_argument("--include-idle-timeout", action="store_true", help="add the auto-termination idle hour")
+    cost = sub.add_parser(
+        "cost", parents=[common], help="estimate what a run costs (USD), every figure with its source"
+    )
+    cost.add_argument(
+        "--images",
+        type=int,
+        default=cost_model.FULL_FRUITS_360,
+        help="images in the run (default: Fruits-360's 88,000)",
+    )
+    cost.add_argument(
+        "--image-size",
+        type=int,
+        default=cost_model.DEFAULT_IMAGE_SIZE,
+        help="model input size: selects the measured throughput (measurements.json)",
+    )
+    cost.add_argument("--hours", type=float, help="billed cluster hours, instead of the estimated run time")
+    cost.add_argument(
+        "--include-idle-timeout",
+        action="store_true",
+        help="add cluster.yaml's idle timeout (a cluster left to auto-terminate; `fruits-emr run` does not wait for it)",
+    )
+    cost.add_argument("--measurements", help="a measurements.json (default: emr_resources/'s)")
+    cost.add_argument("--json", action="store_true", help="the same, as JSON")
 
     render = sub.add_parser("render", parents=[common], help="write filled IAM/bucket policy documents")
     render.add_argument("--bucket")

@@ -130,18 +130,22 @@ def test_create_makes_the_configured_cluster(
     assert at_rest["LocalDiskEncryptionConfiguration"]["AwsKmsKey"].startswith("arn:aws:kms:eu-west-1:")
 
     # What moto cannot show (ListInstanceFleets, GetAutoTerminationPolicy): the request sent.
-    assert sent["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
+    assert sent["AutoTerminationPolicy"] == {"IdleTimeout": config["idle_timeout_seconds"]}
+    assert 60 <= config["idle_timeout_seconds"] <= 604_800  # the API's limits
     fleets = {f["InstanceFleetType"]: f for f in sent["Instances"]["InstanceFleets"]}
-    assert set(fleets) == {"MASTER", "CORE", "TASK"}
-    # Primary and core on-demand (the driver, HDFS and YARN's application masters never vanish
-    # with a Spot reclaim); task nodes, executors only, on Spot.
-    for kind in ("MASTER", "CORE"):
-        assert fleets[kind]["TargetOnDemandCapacity"] == 1 and fleets[kind]["TargetSpotCapacity"] == 0
-    assert fleets["TASK"]["TargetOnDemandCapacity"] == 0 and fleets["TASK"]["TargetSpotCapacity"] >= 1
-    spot = fleets["TASK"]["LaunchSpecifications"]["SpotSpecification"]
-    assert spot["TimeoutAction"] == "SWITCH_TO_ON_DEMAND"
-    yarn = {c["Classification"]: c for c in sent["Configurations"]}["yarn-site"]["Properties"]
-    assert yarn["yarn.node-labels.am.default-node-label-expression"] == "ON_DEMAND"
+    assert set(fleets) == {fleet["type"] for fleet in config["instance_fleets"]}
+    # The default: one on-demand primary that runs everything (a Spot reclaim of a lone primary
+    # would end the run), with gp3 for YARN's local directories since it runs the executors.
+    assert fleets["MASTER"]["TargetOnDemandCapacity"] == 1 and fleets["MASTER"]["TargetSpotCapacity"] == 0
+    for kind, fleet in fleets.items():
+        spot = fleet["TargetSpotCapacity"] > 0
+        assert spot == ("SpotSpecification" in fleet["LaunchSpecifications"])
+        if spot:  # never a Spot primary or core node: their loss ends the run (or its HDFS)
+            assert kind == "TASK" and fleet["TargetOnDemandCapacity"] == 0
+            assert fleet["LaunchSpecifications"]["SpotSpecification"]["TimeoutAction"] == "SWITCH_TO_ON_DEMAND"
+        for type_config in fleet["InstanceTypeConfigs"]:
+            runs_executors = kind != "MASTER" or set(fleets) == {"MASTER"}
+            assert ("EbsConfiguration" in type_config) == runs_executors, type_config
     for fleet in fleets.values():
         types = [c["InstanceType"] for c in fleet["InstanceTypeConfigs"]]
         assert len(types) >= 2, f"{fleet['Name']} has no fallback instance type"
@@ -282,44 +286,6 @@ def test_create_says_why_in_transit_encryption_is_off(moto_server, s3_bucket, em
         assert f"in-transit encryption: ON (PEM certificates {inside})" in capsys.readouterr().out
     finally:  # the other tests' clusters (and the emulation's) use the one without TLS
         emr.delete_security_configuration(Name="fruits-emr-security")
-
-
-def test_cost_is_computed_from_prices_json(resources, capsys, monkeypatch):
-    prices = resources.prices["instance_types"]
-    # By hand, from cluster.yaml: 1 on-demand m7g.xlarge + 1 on-demand m7g.2xlarge + 4 Spot c7g.2xlarge.
-    per_hour = (
-        1 * (prices["m7g.xlarge"]["on_demand"] + prices["m7g.xlarge"]["emr"])
-        + 1 * (prices["m7g.2xlarge"]["on_demand"] + prices["m7g.2xlarge"]["emr"])
-        + 4 * (prices["c7g.2xlarge"]["spot"] + prices["c7g.2xlarge"]["emr"])
-    )
-    assert emr_cli.main(["cost", "--hours", "2.5"]) == 0
-    out = capsys.readouterr().out
-    assert f"TOTAL: {per_hour * 2.5:.2f} USD" in out
-    assert f"cluster per hour: {per_hour:.4f} USD" in out
-
-    # --images: setup + the run's EMR steps' start-up + images / (rate x worker vCPUs); workers
-    # 1x8 + 4x8 vCPUs; a run is 6 asset steps + 4 Spark checks (pca_quality and the PCA target
-    # check run on the Dagster host).
-    monkeypatch.delenv("FRUITS_EMR_WAIT_FOR_LOGS", raising=False)
-    steps = emr_cli.emr_steps_per_run()
-    assert len(steps) == 10 and "pca_quality" not in steps
-    assert {
-        "raw_images",
-        "preprocessed_images",
-        "rejected_images",
-        "image_features",
-        "pca_model",
-        "pca_features_csv",
-    } <= set(steps)
-    hours = 0.3 + (10 * 60 + 90_000 / (4.0 * 40)) / 3600
-    assert emr_cli.main(["cost", "--images", "90000"]) == 0
-    out = capsys.readouterr().out
-    assert f"= {hours:.3f} billed hours" in out and "10 EMR steps" in out
-    assert f"TOTAL: {per_hour * hours:.2f} USD" in out
-    # Waiting for EMR's logs costs 5 minutes per step: the estimate says so.
-    monkeypatch.setenv("FRUITS_EMR_WAIT_FOR_LOGS", "1")
-    assert emr_cli.main(["cost", "--images", "90000"]) == 0
-    assert f"= {hours + 10 * 300 / 3600:.3f} billed hours" in capsys.readouterr().out
 
 
 def test_staging_prefix_must_be_inside_the_prefix(moto_server, s3_bucket, cli_env, capsys, monkeypatch):
