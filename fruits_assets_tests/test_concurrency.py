@@ -2,9 +2,10 @@
 
 - Two `dagster asset materialize -m fruits_assets.definitions --select '*'` processes started two
   seconds apart on the same DAGSTER_HOME and output folder (what two people clicking
-  "Materialize all" do from the CLI, which bypasses Dagster's run queue): the second waits for the
-  first (the assets root's writer lock), then runs; both succeed with complete outputs, the
-  current versions all come from one run, and nothing either run wrote was deleted under it.
+  "Materialize all" do from the CLI, which bypasses Dagster's run queue), the second with another
+  input size so that it has work to do after the first: the second waits for the first (the
+  assets root's writer lock), then runs; both succeed with complete outputs, each current
+  version comes from the last run that computed it, and nothing either run wrote was deleted.
 - A blocking check that fails: the failing version is not current afterwards, the previous one
   is, and another run's downstream assets read the previous one.
 """
@@ -82,11 +83,13 @@ def test_two_cli_runs_at_once_never_mix_or_lose_data(sample_root, tmp_path):
         "*",
     ]
     env = cli_env(home, out, sample_root)
+    # The second run asks for another input size: all but raw_images change again after the first.
+    envs = [env, {**env, "FRUITS_IMAGE_SIZE": "128"}]
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     processes = []
-    for log in logs:
+    for log, run_env in zip(logs, envs, strict=True):
         processes.append(
-            subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+            subprocess.Popen(command, cwd=PROJECT, env=run_env, stdout=log.open("w"), stderr=subprocess.STDOUT)
         )
         time.sleep(2)
     for process in processes:
@@ -102,13 +105,17 @@ def test_two_cli_runs_at_once_never_mix_or_lose_data(sample_root, tmp_path):
         assert [r.dagster_run.status for r in runs] == [dg.DagsterRunStatus.SUCCESS] * 2
         first_steps, second_steps = (step_times(instance, r.dagster_run.run_id) for r in runs)
         assert first_steps[1] <= second_steps[0], "the second run's steps started after the first run's ended"
-        stored = []
+        stored, computed_by = [], {}
         for record in runs:
             run_id = record.dagster_run.run_id
             made = materializations(instance, run_id)
             assert set(ASSETS) <= set(made), (run_id, sorted(made))
             assert made["image_features"]["rows"] == images
             assert made["pca_features_csv"]["csv_rows"] == images, "a successful run has every image"
+            computed_by.update({asset: run_id for asset in ASSETS if "unchanged" not in made[asset]})
+        second = runs[1].dagster_run.run_id
+        assert "unchanged" in materializations(instance, second)["raw_images"], "the same photos: nothing new"
+        assert {a for a, run in computed_by.items() if run == second} == set(ASSETS) - {"raw_images"}
             for entry in instance.all_logs(run_id):
                 event = entry.dagster_event
                 assert event is None or event.event_type not in (
@@ -116,10 +123,9 @@ def test_two_cli_runs_at_once_never_mix_or_lose_data(sample_root, tmp_path):
                     dg.DagsterEventType.STEP_UP_FOR_RETRY,
                 ), entry.user_message
             stored += [m["stored_at"] for m in made.values() if "stored_at" in m]
-    # The current versions all come from the last run, and its CSV is whole.
-    last = runs[1].dagster_run.run_id
+    # Each current version comes from the last run that computed it, and the CSV is whole.
     for asset in ASSETS:
-        assert json.loads((out / asset / "_CURRENT.json").read_text())["run_id"] == last, asset
+        assert json.loads((out / asset / "_CURRENT.json").read_text())["run_id"] == computed_by[asset], asset
     csv = pd.read_csv(out / "pca_features_csv" / "pca_features.csv")
     assert len(csv) == images
     # Nothing either run wrote was deleted (the first run's versions are the previous ones).

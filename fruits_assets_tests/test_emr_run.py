@@ -71,6 +71,8 @@ def test_an_interrupted_run_cancels_its_step_and_terminates_its_cluster(run_env,
 
     monkeypatch.setattr(ElasticMapReduceResponse, "cancel_steps", cancel_steps, raising=False)
     emr = boto3.client("emr", region_name="eu-west-1", endpoint_url=moto_server)
+    # The moto server is the session's: other tests' clusters (and their steps) may still be there.
+    earlier = {c["Id"] for c in emr.list_clusters()["Clusters"]}
     process = subprocess.Popen(
         [FRUITS_EMR, "run"],
         env=run_env,
@@ -83,7 +85,9 @@ def test_an_interrupted_run_cancels_its_step_and_terminates_its_cluster(run_env,
     while not submitted and time.monotonic() < deadline and process.poll() is None:
         time.sleep(1)
         clusters = emr.list_clusters(ClusterStates=["WAITING", "RUNNING"])["Clusters"]
-        submitted = [s for c in clusters for s in emr.list_steps(ClusterId=c["Id"])["Steps"]]
+        submitted = [
+            s for c in clusters if c["Id"] not in earlier for s in emr.list_steps(ClusterId=c["Id"])["Steps"]
+        ]
     assert submitted, "no step was submitted"
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole process group
     output, _ = process.communicate(timeout=240)

@@ -39,7 +39,9 @@ def test_interpreter_is_built_once_per_python_worker(spark):
     for _ in range(2):  # a second job reuses the workers and their interpreter
         assert features.count() == 48
     workers = {pid: n for pid, n in builds_per_worker(spark, model.key).items() if n}
-    assert 1 <= len(workers) <= spark.sparkContext.defaultParallelism
+    # Spark may fork a spare worker when a task starts before the previous task's worker is back
+    # in the pool (3 workers for local[2] in one CI run): a few workers, never one per task (24).
+    assert 1 <= len(workers) <= 2 * spark.sparkContext.defaultParallelism, workers
     assert set(workers.values()) == {1}, workers
 
 
