@@ -385,6 +385,21 @@ def test_launcher_ships_only_what_the_cluster_must_see(monkeypatch):
     assert on_cluster.s3_endpoint_url == "" and on_cluster.image_size == 96 and on_cluster.kms_key_id == "k-1"
 
 
+def test_the_emulated_network_reaches_only_eu_west_1(eu_west_1_network, s3_bucket, monkeypatch):
+    """The EMR emulation's network (its host and steps have no AWS_ENDPOINT_URL): clients made for
+    eu-west-1 reach the server through AWS's own URLs (virtual-hosted buckets included); a
+    client made without a region is refused, as unreachable."""
+    from botocore.exceptions import EndpointConnectionError
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # unreachable at once
+    s3 = boto3.client("s3", region_name="eu-west-1")  # https://<bucket>.s3.eu-west-1.amazonaws.com
+    s3.put_object(Bucket=s3_bucket, Key="a b/c.txt", Body=b"in Ireland")
+    assert s3.get_object(Bucket=s3_bucket, Key="a b/c.txt")["Body"].read() == b"in Ireland"
+    assert boto3.client("emr", region_name="eu-west-1").list_clusters()["ResponseMetadata"]["HTTPStatusCode"] == 200
+    with pytest.raises(EndpointConnectionError, match=r"s3\.amazonaws\.com"):
+        boto3.client("s3").get_object(Bucket=s3_bucket, Key="a b/c.txt")  # no region: S3's global endpoint
+
+
 def test_placeholders_must_all_be_filled(resources):
     with pytest.raises(FruitsConfigError, match="--bucket"):
         emr_cli.build_run_job_flow_request(resources.cluster, "", "fruits")
