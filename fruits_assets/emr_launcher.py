@@ -15,10 +15,13 @@ What this subclass of dagster-aws's launcher adds, and why:
 - **Only this package is staged**, zipped from where it is installed when a step is launched
   (never at import: on the cluster the package itself lives inside the staged zip).
 - The poll interval of a running step is a setting (FRUITS_EMR_POLL_SECONDS; dagster-aws: 15 s).
+- **The step's logs are read in the run's region** (`FruitsEmrJobRunner`, FRUITS_EMR_WAIT_FOR_LOGS=1):
+  dagster-aws's job runner makes that S3 client without a region.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 import tempfile
@@ -29,6 +32,7 @@ from dagster._core.execution.plan.external_step import (
     PICKLED_STEP_RUN_REF_FILE_NAME,
     step_context_to_step_run_ref,
 )
+from dagster_aws.emr.emr import EmrError, EmrJobRunner
 from dagster_aws.emr.pyspark_step_launcher import CODE_ZIP_NAME, EmrPySparkStepLauncher
 
 import fruits_assets
@@ -61,6 +65,35 @@ def with_settings(step_run_ref, settings_config: dict):
     return step_run_ref._replace(run_config=run_config)
 
 
+class FruitsEmrJobRunner(EmrJobRunner):
+    """dagster-aws's EMR job runner, reading the step's logs through the run's S3 connection.
+
+    dagster-aws 0.29.27's `wait_for_log` makes its S3 client with `boto3.client("s3")`: no region,
+    so on a host that sets only FRUITS_AWS_REGION (README) it goes to S3's global endpoint
+    (us-east-1), which reaches the eu-west-1 bucket only through a redirect, and not at all from a
+    network that reaches only eu-west-1 (e.g. a private subnet with S3's VPC endpoint).
+    """
+
+    def __init__(self, region: str, storage):
+        super().__init__(region=region)
+        self.storage = storage
+
+    def wait_for_log(self, log, log_bucket, log_key, waiter_delay=30, waiter_max_attempts=20):
+        from botocore.exceptions import WaiterError
+
+        log.info(f"Attempting to get log: s3://{log_bucket}/{log_key}")
+        s3 = self.storage.client
+        try:
+            s3.get_waiter("object_exists").wait(
+                Bucket=log_bucket,
+                Key=log_key,
+                WaiterConfig={"Delay": waiter_delay, "MaxAttempts": waiter_max_attempts},
+            )
+        except WaiterError as error:
+            raise EmrError("EMR log file did not appear on S3 after waiting") from error
+        return gzip.decompress(s3.get_object(Bucket=log_bucket, Key=log_key)["Body"].read()).decode("utf-8")
+
+
 class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
     """dagster-aws's EMR PySpark step launcher, configured from the run's settings."""
 
@@ -81,6 +114,7 @@ class FruitsEmrStepLauncher(EmrPySparkStepLauncher):
         )
         self.settings_config = settings.as_run_config()
         self.storage = settings.storage()
+        self.emr_job_runner = FruitsEmrJobRunner(region=self.region_name, storage=self.storage)
         self.poll_seconds = float(resolved.emr_poll_seconds)
 
     def launch_step(self, step_context):

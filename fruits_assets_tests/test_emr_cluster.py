@@ -8,7 +8,9 @@ builds and sends; what moto does record (release, applications, configurations, 
 configuration, bootstrap action, tags, the uploaded bootstrap's encryption) is checked on the server.
 """
 
+import gzip
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -398,6 +400,26 @@ def test_the_emulated_network_reaches_only_eu_west_1(eu_west_1_network, s3_bucke
     assert boto3.client("emr", region_name="eu-west-1").list_clusters()["ResponseMetadata"]["HTTPStatusCode"] == 200
     with pytest.raises(EndpointConnectionError, match=r"s3\.amazonaws\.com"):
         boto3.client("s3").get_object(Bucket=s3_bucket, Key="a b/c.txt")  # no region: S3's global endpoint
+
+
+def test_launcher_reads_step_logs_in_its_region(eu_west_1_network, s3_bucket, monkeypatch):
+    """FRUITS_EMR_WAIT_FOR_LOGS=1: after each step the host reads the driver's logs from the
+    cluster's LogUri. dagster-aws's job runner makes that S3 client without a region (us-east-1:
+    S3's global endpoint); the launcher's reads them in the run's region."""
+    from botocore.exceptions import EndpointConnectionError
+    from dagster_aws.emr.emr import EmrJobRunner
+
+    from fruits_assets.emr_launcher import FruitsEmrStepLauncher
+    from fruits_assets.settings import FruitsSettings
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # unreachable at once
+    key = "fruits/emr-logs/j-X/steps/s-1/stdout.gz"
+    boto3.client("s3", region_name="eu-west-1").put_object(Bucket=s3_bucket, Key=key, Body=gzip.compress(b"hi"))
+    log = logging.getLogger("test")
+    with pytest.raises(EndpointConnectionError):
+        EmrJobRunner(region="eu-west-1").wait_for_log(log, s3_bucket, key)
+    settings = FruitsSettings(deployment="emr", s3_bucket=s3_bucket, emr_cluster_id="j-X", aws_region="eu-west-1")
+    assert FruitsEmrStepLauncher(settings).emr_job_runner.wait_for_log(log, s3_bucket, key) == "hi"
 
 
 def test_placeholders_must_all_be_filled(resources):
