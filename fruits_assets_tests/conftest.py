@@ -183,6 +183,23 @@ def moto_server():
 
 
 @pytest.fixture
+def eu_west_1_network(moto_server, monkeypatch):
+    """This process on a network that reaches only AWS's eu-west-1 endpoints, which lead to the
+    moto server (the EMR emulation's network, aws_network/emulated_aws_network.py), without
+    AWS_ENDPOINT_URL or a region variable: a boto3 client made for eu-west-1 works unchanged, one
+    made without the region fails as unreachable. (moto's EMR files a cluster under the region
+    of the endpoint it was reached at.)"""
+    from fruits_assets_tests.aws_network import emulated_aws_network as aws_network
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "FRUITS_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in aws_network.environment(moto_server).items():
+        if name != "PYTHONPATH":
+            monkeypatch.setenv(name, value)
+    monkeypatch.syspath_prepend(str(aws_network.FOLDER))
+
+
+@pytest.fixture
 def s3_bucket(moto_server) -> str:
     """A fresh, empty bucket in eu-west-1 on the moto server."""
     import boto3

@@ -8,7 +8,9 @@ builds and sends; what moto does record (release, applications, configurations, 
 configuration, bootstrap action, tags, the uploaded bootstrap's encryption) is checked on the server.
 """
 
+import gzip
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -349,6 +351,42 @@ def test_launcher_ships_only_what_the_cluster_must_see(monkeypatch):
     # takes AWS's endpoint.
     on_cluster = FruitsSettings(**shipped).resolve({})
     assert on_cluster.s3_endpoint_url == "" and on_cluster.image_size == 96 and on_cluster.kms_key_id == "k-1"
+
+
+def test_the_emulated_network_reaches_only_eu_west_1(eu_west_1_network, s3_bucket, monkeypatch):
+    """The EMR emulation's network (its host and steps have no AWS_ENDPOINT_URL): clients made for
+    eu-west-1 reach the server through AWS's own URLs (virtual-hosted buckets included); a
+    client made without a region is refused, as unreachable."""
+    from botocore.exceptions import EndpointConnectionError
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # unreachable at once
+    s3 = boto3.client("s3", region_name="eu-west-1")  # https://<bucket>.s3.eu-west-1.amazonaws.com
+    s3.put_object(Bucket=s3_bucket, Key="a b/c.txt", Body=b"in Ireland")
+    assert s3.get_object(Bucket=s3_bucket, Key="a b/c.txt")["Body"].read() == b"in Ireland"
+    assert boto3.client("emr", region_name="eu-west-1").list_clusters()["ResponseMetadata"]["HTTPStatusCode"] == 200
+    with pytest.raises(EndpointConnectionError, match=r"s3\.amazonaws\.com"):
+        boto3.client("s3").get_object(Bucket=s3_bucket, Key="a b/c.txt")  # no region: S3's global endpoint
+
+
+def test_launcher_reads_step_logs_in_its_region(eu_west_1_network, s3_bucket, monkeypatch):
+    """After a step (its logs, FRUITS_EMR_WAIT_FOR_LOGS=1, or a failed step's stderr) the host
+    reads the step's logs from the cluster's LogUri. dagster-aws's job runner makes that S3 client
+    without a region (us-east-1: S3's global endpoint, unreachable from a network that reaches
+    only eu-west-1); the launcher reads them through the run's S3 connection, in its region."""
+    from botocore.exceptions import EndpointConnectionError
+    from dagster_aws.emr.emr import EmrJobRunner
+
+    from fruits_assets.emr_launcher import FruitsEmrStepLauncher
+    from fruits_assets.settings import FruitsSettings
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # unreachable at once
+    key = "fruits/emr-logs/j-X/steps/s-1/stdout.gz"
+    boto3.client("s3", region_name="eu-west-1").put_object(Bucket=s3_bucket, Key=key, Body=gzip.compress(b"hi"))
+    log = logging.getLogger("test")
+    with pytest.raises(EndpointConnectionError):
+        EmrJobRunner(region="eu-west-1").wait_for_log(log, s3_bucket, key)
+    settings = FruitsSettings(deployment="emr", s3_bucket=s3_bucket, emr_cluster_id="j-X", aws_region="eu-west-1")
+    assert FruitsEmrStepLauncher(settings)._read_log(f"s3://{s3_bucket}/{key}") == "hi"
 
 
 def test_placeholders_must_all_be_filled(resources):

@@ -1,19 +1,27 @@
 """The whole graph in the `emr` deployment, on an emulated EMR cluster.
 
 The host is the real CLI - `dagster asset materialize -m fruits_assets.definitions --select '*'` -
-in its own process, with FRUITS_DEPLOYMENT=emr, the EMR settings in its environment, and neither
-Java nor JAVA_HOME: it only plans the run, stages and submits each Spark step (6 assets, 4 checks)
-to EMR and streams the steps' events back from S3; the two steps without Spark (`pca_quality`, the
-PCA target check) run on it. The cluster was made by `fruits-emr create` (moto's EMR) and its
-steps are run by `emr_emulation.EmulatedEmrCluster`: each as its own spark-submit process, with
-the cluster's environment and Python only, `fruits_assets` importable only from the staged zip,
-and s3:// served by a real Hadoop S3 connector against moto's S3 (see that module's docstring for
-what the emulation covers and what only a real cluster can show).
+in its own process, with FRUITS_DEPLOYMENT=emr, what a user has in their environment (AWS
+credentials and the FRUITS_* settings of README's EMR section; no AWS region variable, no
+endpoint), and neither Java nor JAVA_HOME: it only plans the run, stages and submits each Spark
+step (6 assets, 4 checks) to EMR and streams the steps' events back from S3; the two steps without
+Spark (`pca_quality`, the PCA target check) run on it. Its boto3 clients reach AWS's eu-west-1
+endpoints, which lead to moto's server (the emulated network: a client made without the region
+fails as unreachable). The cluster was made by `fruits-emr create` (moto's EMR) and its steps are
+run by `emr_emulation.EmulatedEmrCluster`: each as its own spark-submit process (the driver), with
+the cluster's environment and Python only, `fruits_assets` importable only from the staged zip, on
+a Spark standalone cluster of two workers started once for this module (executors in their own
+processes, on both workers, for every step, and the drivers' disk hidden from the workers:
+asserted), and s3:// served by a real Hadoop S3
+connector against moto's S3 (see that module's docstring for what the emulation covers and what
+only a real cluster can show).
 
 The result is checked against the local deployment on the same images: the CSV on S3 equals the
-local CSV to 1e-4. Then images are added, changed and deleted on S3 and the host runs again: the
-steps on the cluster reuse the stored arrays and vectors of the unchanged images (incremental
-runs work the same on EMR), and the CSV still equals a local run on the final images.
+local CSV to 1e-4. Then images are added, changed and deleted on S3 and the host runs again, this
+time with a KMS key (FRUITS_KMS_KEY_ID: SSE-KMS for what boto3 writes, the host's staged steps
+included) and the driver's logs fetched back (FRUITS_EMR_WAIT_FOR_LOGS=1): the steps on the
+cluster reuse the stored arrays and vectors of the unchanged images (incremental runs work the
+same on EMR), and the CSV still equals a local run on the final images.
 """
 
 import io
@@ -21,6 +29,8 @@ import os
 import re
 import subprocess
 import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
@@ -29,9 +39,11 @@ import pytest
 
 from emr_resources import cli as emr_cli
 from fruits_assets.sample_data import generate_sample
+from fruits_assets_tests.aws_network import emulated_aws_network as aws_network
 from fruits_assets_tests.emr_emulation import (
     EmulatedEmrCluster,
     EmulationUnavailable,
+    StandaloneSpark,
     cluster_python,
     java_home,
     s3a_jars,
@@ -68,6 +80,17 @@ def emulation_ready():
         pytest.skip(f"the EMR emulation cannot be set up here: {error}")
 
 
+@pytest.fixture(scope="module")
+def standalone_spark(emulation_ready, moto_server, tmp_path_factory):
+    """The cluster's Spark: a standalone master and two workers (1 core, 2 GiB each: two 1-core
+    executors fit this 2-core machine) on loopback, for every step of this module; always
+    stopped, its logs (and the executors') left in the test's temporary folder."""
+    with StandaloneSpark(tmp_path_factory.mktemp("standalone-spark"), moto_server, workers=2) as spark:
+        if not spark.hides_primary:
+            warnings.warn("no `unshare` here: the workers see the primary node's disk", stacklevel=1)
+        yield spark
+
+
 def upload_tree(s3, folder: Path, bucket: str, prefix: str) -> int:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     for path in files:
@@ -75,28 +98,30 @@ def upload_tree(s3, folder: Path, bucket: str, prefix: str) -> int:
     return len(files)
 
 
-def create_cluster(bucket: str, monkeypatch, capsys) -> str:
-    monkeypatch.setenv("FRUITS_KMS_KEY_ID", "1234abcd-12ab-34cd-56ef-1234567890ab")
+def create_cluster(bucket: str, kms_key: str, monkeypatch, capsys) -> str:
+    monkeypatch.setenv("FRUITS_KMS_KEY_ID", kms_key)  # `create` needs one (the nodes' disks)
     tag_default_network_for_emr("eu-west-1")  # `create` checks the network's EMR tags
     assert emr_cli.main(["create", "--bucket", bucket, "--prefix", PREFIX]) == 0
     return re.search(r"^export FRUITS_EMR_CLUSTER_ID=(j-\w+)$", capsys.readouterr().out, re.M).group(1)
 
 
 def host_environment(tmp_path: Path, endpoint: str, bucket: str, cluster_id: str, weights: str) -> dict:
-    """What a Dagster host has: its settings, AWS credentials, and no Java."""
+    """What a Dagster host has: a user's settings (README, 'Run on AWS EMR'), AWS credentials, no
+    Java, and the network of eu-west-1 (no AWS_ENDPOINT_URL, no AWS_DEFAULT_REGION)."""
     (tmp_path / "dagster_home").mkdir()
     (tmp_path / "host_home").mkdir()
     return {
         "PATH": str(Path(sys.executable).parent),  # the dagster CLI; no java on it
-        "PYTHONPATH": str(PROJECT),  # this checkout's code (the host works from another folder)
         "HOME": str(tmp_path / "host_home"),
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "LANG": "C.UTF-8",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_SESSION_TOKEN": "testing",
-        "AWS_ENDPOINT_URL": endpoint,
+        # This checkout's code (the host works from another folder), and the emulated network.
+        **aws_network.environment(endpoint, pythonpath=(str(PROJECT),)),
         "FRUITS_DEPLOYMENT": "emr",
+        "FRUITS_AWS_REGION": "eu-west-1",
         "FRUITS_S3_BUCKET": bucket,
         "FRUITS_S3_PREFIX": PREFIX,
         "FRUITS_EMR_CLUSTER_ID": cluster_id,
@@ -115,7 +140,16 @@ def csv_by_image(table: pd.DataFrame, root: str) -> pd.DataFrame:
 
 
 def test_whole_graph_on_the_emulated_cluster(
-    emulation_ready, spark, moto_server, s3_bucket, shared_weights_or_none, tmp_path, monkeypatch, capsys
+    emulation_ready,
+    standalone_spark,
+    spark,
+    moto_server,
+    s3_bucket,
+    eu_west_1_network,
+    shared_weights_or_none,
+    tmp_path,
+    monkeypatch,
+    capsys,
 ):
     python, _, _ = emulation_ready
     # The cluster's Python can import the package from nowhere but the staged zip.
@@ -129,7 +163,10 @@ def test_whole_graph_on_the_emulated_cluster(
     if shared_weights_or_none is not None:
         s3.upload_file(str(shared_weights_or_none), s3_bucket, f"{PREFIX}/models/backbone.weights.h5")
         weights = f"s3://{s3_bucket}/{PREFIX}/models/backbone.weights.h5"
-    cluster_id = create_cluster(s3_bucket, monkeypatch, capsys)
+    # A real key in moto's KMS: the cluster's (security configuration) and, in the second run, the
+    # one boto3 encrypts with.
+    key = boto3.client("kms", region_name="eu-west-1", endpoint_url=moto_server).create_key()["KeyMetadata"]
+    cluster_id = create_cluster(s3_bucket, key["KeyId"], monkeypatch, capsys)
 
     env = host_environment(tmp_path, moto_server, s3_bucket, cluster_id, weights)
     # The host's working directory goes into the staged step (Dagster's code pointer) and the
@@ -139,9 +176,24 @@ def test_whole_graph_on_the_emulated_cluster(
     host_cwd.mkdir()
     dagster = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "fruits_assets.definitions"]
 
-    def run_on_cluster(name: str) -> EmulatedEmrCluster:
-        with EmulatedEmrCluster(cluster_id, moto_server, tmp_path / name) as cluster:
-            host = cluster.run_host([*dagster, "--select", "*"], timeout=1800, cwd=host_cwd, env=env)
+    def local_csv(name: str) -> pd.DataFrame:
+        """The reference: the local deployment's CSV of the same images (in this process)."""
+        local = materialize(tmp_path / name, run_config(images, shared_weights_or_none or "random", 96))
+        assert local.success
+        return csv_by_image(pd.read_csv(tmp_path / name / "pca_features_csv" / "pca_features.csv"), str(images))
+
+    def run_on_cluster(name: str, host_env: dict) -> tuple[subprocess.CompletedProcess, pd.DataFrame]:
+        """The host's run on the emulated cluster and, meanwhile, the local reference."""
+        # The cluster's exit (first) stops the host and the running step if this test fails.
+        with (
+            ThreadPoolExecutor(1) as pool,
+            EmulatedEmrCluster(cluster_id, moto_server, standalone_spark, f"{tmp_path.name}-{name}") as cluster,
+        ):
+            running = pool.submit(cluster.run_host, [*dagster, "--select", "*"], 1800, cwd=host_cwd, env=host_env)
+            local = local_csv(f"local-{name}")
+            host = running.result()
+        with capsys.disabled():
+            print(f"\n{name}: {step_report(cluster.ran)}")
         log = host.stdout + host.stderr
         failed = [r for r in cluster.ran if r["returncode"] != 0]
         details = "".join(Path(r["folder"], "stderr").read_text()[-3000:] for r in failed)
@@ -153,27 +205,31 @@ def test_whole_graph_on_the_emulated_cluster(
         assert not failed
         for step in cluster.ran:
             assert "--py-files" in step["args"] and step["args"][step["args"].index("--master") + 1] == "yarn"
-        return cluster
+            assert_distributed(step)
+        return host, local
 
-    def csv_on_s3_equals_local(name: str) -> pd.DataFrame:
-        stored = s3.get_object(Bucket=s3_bucket, Key=f"{PREFIX}/pca_features_csv/pca_features.csv")["Body"].read()
+    def csv_on_s3_equals(here: pd.DataFrame) -> pd.DataFrame:
+        stored = s3.get_object(Bucket=s3_bucket, Key=CSV_KEY)["Body"].read()
         on_emr = csv_by_image(pd.read_csv(io.BytesIO(stored)), f"s3://{s3_bucket}/{PREFIX}/images")
-        local = materialize(tmp_path / name, run_config(images, shared_weights_or_none or "random", 96))
-        assert local.success
-        here = csv_by_image(pd.read_csv(tmp_path / name / "pca_features_csv" / "pca_features.csv"), str(images))
         assert list(on_emr.columns) == list(here.columns) and list(on_emr.index) == list(here.index)
         assert (on_emr[["label", "split"]] == here[["label", "split"]]).all().all()
         pcs = [c for c in here.columns if c.startswith("pc_")]
         assert (on_emr[pcs] - here[pcs]).abs().to_numpy().max() <= 1e-4
         return on_emr
 
-    run_on_cluster("cluster")
+    _, local = run_on_cluster("cluster", env)
+    if standalone_spark.hides_primary:  # the drivers' folders are there; the workers see none
+        seen = standalone_spark.seen_by_workers(standalone_spark.primary)
+        assert os.listdir(standalone_spark.primary) and seen == [[], []], seen
     # The assets are on S3, written by Spark through the S3 connector, encrypted.
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix=f"{PREFIX}/image_features/")["Contents"]]
     parquet = [k for k in keys if k.endswith(".parquet")]
     assert parquet and all(s3.head_object(Bucket=s3_bucket, Key=k)["ServerSideEncryption"] == "AES256" for k in parquet)
+    # Without a KMS key, what boto3 writes is SSE-S3 (the host's staged steps, the CSV).
+    written = boto3_writes(s3, s3_bucket, latest_run_id(tmp_path / "dagster_home"))
+    assert {encryption(s3, s3_bucket, k) for k in written} == {("AES256", None)}
     # The same images in the local deployment give the same CSV.
-    assert len(csv_on_s3_equals_local("local")) == listed - 1, "every image but the broken one"
+    assert len(csv_on_s3_equals(local)) == listed - 1, "every image but the broken one"
 
     # New photos cost only their own work on EMR too: 1 added, 1 changed, 1 deleted.
     added = images / "Training" / "Apple Red 1" / "added.jpg"
@@ -185,7 +241,15 @@ def test_whole_graph_on_the_emulated_cluster(
     for path in (added, changed):
         s3.upload_file(str(path), s3_bucket, f"{PREFIX}/images/{path.relative_to(images).as_posix()}")
     s3.delete_object(Bucket=s3_bucket, Key=f"{PREFIX}/images/{deleted.relative_to(images).as_posix()}")
-    run_on_cluster("cluster-2")
+    # This time with the KMS key (SSE-KMS for what boto3 writes) and the driver's logs fetched
+    # back from the cluster's LogUri after each step (FRUITS_EMR_WAIT_FOR_LOGS=1).
+    host, local = run_on_cluster(
+        "cluster-2", {**env, "FRUITS_KMS_KEY_ID": key["KeyId"], "FRUITS_EMR_WAIT_FOR_LOGS": "1"}
+    )
+    assert host.stdout.count("---------- Spark Driver stdout: ----------") == len(SPARK_STEPS)
+    run_id = latest_run_id(tmp_path / "dagster_home")
+    written = boto3_writes(s3, s3_bucket, run_id)
+    assert {encryption(s3, s3_bucket, k) for k in written} <= {("aws:kms", key["KeyId"]), ("aws:kms", key["Arn"])}
     metadata = latest_run_metadata(tmp_path / "dagster_home")
     usable = listed - 1
     # raw_images reads only the 2 objects whose size and ETag are new (the broken image is reused).
@@ -194,7 +258,64 @@ def test_whole_graph_on_the_emulated_cluster(
     for asset in ("preprocessed_images", "image_features"):
         counts = {k: metadata[asset][k] for k in ("computed", "reused", "removed")}
         assert counts == {"computed": 2, "reused": usable - 2, "removed": 2}, (asset, counts)
-    assert len(csv_on_s3_equals_local("local-2")) == usable
+    assert len(csv_on_s3_equals(local)) == usable
+
+
+CSV_KEY = f"{PREFIX}/pca_features_csv/pca_features.csv"
+# What the host stages for each step through boto3 (dagster-aws's names); the step's events file
+# is written by dagster-aws's emr_step_main on the cluster, without an encryption header.
+STAGED_BY_HOST = ("emr_step_main.py", "code.zip", "step_run_ref.pkl")
+
+
+def boto3_writes(s3, bucket: str, run_id: str) -> list[str]:
+    """Keys that run `run_id` wrote through boto3: the host's staged steps, the CSV and every
+    asset's published-version pointer (`_CURRENT.json`)."""
+    staged = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{PREFIX}/emr-staging/{run_id}/"
+        )
+        for o in page.get("Contents", [])
+        if o["Key"].rsplit("/", 1)[-1] in STAGED_BY_HOST
+    ]
+    assert len(staged) == 3 * len(SPARK_STEPS), staged
+    pointers = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{PREFIX}/")
+        for o in page.get("Contents", [])
+        if o["Key"].endswith("/_CURRENT.json")
+    ]
+    assert len(pointers) >= 6, pointers
+    return [*staged, CSV_KEY, *pointers]
+
+
+def encryption(s3, bucket: str, key: str) -> tuple[str, str | None]:
+    head = s3.head_object(Bucket=bucket, Key=key)
+    return head.get("ServerSideEncryption"), head.get("SSEKMSKeyId")
+
+
+def assert_distributed(step: dict) -> None:
+    """The step's Spark application ran an executor on each of the two workers, each in a JVM of
+    its own (not the driver's), and every task ran in one of them."""
+    executors = step["executors"]
+    assert step["app_id"] and {e["worker"] for e in executors} == {0, 1}, step
+    pids = [e["pid"] for e in executors]
+    assert None not in pids and len(set(pids)) == len(pids) and step["driver_pid"] not in pids, step
+    assert step["tasks"] and set(step["tasks"]) <= {e["executor"] for e in executors}, step
+
+
+def step_report(ran: list[dict]) -> str:
+    """Each step's seconds and tasks per executor, for the test's output."""
+    total = sum(r["seconds"] for r in ran)
+    steps = ", ".join(f"{re.sub(r'^Execute Solid/Op ', '', r['name'])} {r['seconds']} s {r['tasks']}" for r in ran)
+    return f"{len(ran)} steps, {total:.0f} s: {steps}"
+
+
+def latest_run_id(home: Path) -> str:
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return instance.get_run_records(limit=1)[0].dagster_run.run_id
 
 
 def latest_run_metadata(home: Path) -> dict:
