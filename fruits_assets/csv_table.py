@@ -84,26 +84,36 @@ def write_csv(frame, k: int, target: str, storage: Storage | None = None, partit
     Where Spark cannot write s3:// (pyspark from PyPI has no S3 connector), the parts and the
     file are written in a local temporary folder, and the file uploaded.
     """
+    from pyspark import StorageLevel
+
     storage = storage or Storage()
-    rows = frame.count()  # cheap: the components are pruned from this query
-    if partitions is None:
-        partitions = partitions_for(rows, k, frame.sparkSession.sparkContext.defaultParallelism)
-    folder, name = _split(target)
-    parts = _join(folder, f"_{name}.parts")
+    # Computed once, kept on the executors' local disks: Spark samples the keys to place the
+    # ranges' bounds, a pass over the rows before the sort's own (at 90,000 rows x 300 the
+    # projection took ~30-40 s a pass here; benchmarks/README.md).
+    cached_already = frame.storageLevel != StorageLevel.NONE  # then the caller's to release
+    rows_on_disk = frame if cached_already else frame.persist(StorageLevel.DISK_ONLY)
     try:
-        write_parts(frame, parts, partitions)
-    except Exception as error:
-        if not (is_s3(target) and is_missing_filesystem(error)):
-            raise
-        with tempfile.TemporaryDirectory(prefix="fruits-csv-") as tmp:
-            local = os.path.join(tmp, name)
-            local_storage = Storage()
-            write_parts(frame, os.path.join(tmp, "parts"), partitions)
-            join_parts(local_storage, os.path.join(tmp, "parts"), local, k)
-            storage.upload_file(local, target)
+        rows = rows_on_disk.count()
+        if partitions is None:
+            partitions = partitions_for(rows, k, frame.sparkSession.sparkContext.defaultParallelism)
+        folder, name = _split(target)
+        parts = _join(folder, f"_{name}.parts")
+        try:
+            write_parts(rows_on_disk, parts, partitions)
+        except Exception as error:
+            if not (is_s3(target) and is_missing_filesystem(error)):
+                raise
+            with tempfile.TemporaryDirectory(prefix="fruits-csv-") as tmp:
+                local = os.path.join(tmp, name)
+                write_parts(rows_on_disk, os.path.join(tmp, "parts"), partitions)
+                join_parts(Storage(), os.path.join(tmp, "parts"), local, k)
+                storage.upload_file(local, target)
+            return rows
+        join_parts(storage, parts, target, k)
         return rows
-    join_parts(storage, parts, target, k)
-    return rows
+    finally:
+        if not cached_already:
+            rows_on_disk.unpersist()
 
 
 def partitions_for(rows: int, k: int, cores: int) -> int:
