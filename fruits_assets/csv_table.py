@@ -11,11 +11,16 @@ file into a folder next to the file. The driver then joins the header and the pa
 into the one file (`Storage.concatenate`: a file copy locally, a multipart upload copying the
 parts server-side on S3) and deletes the parts. No task and no process holds every row.
 
-Before, the rows came to the driver as one stream, `repartition(1)` then `toLocalIterator`: that
-sorts every row in one task, and PySpark's `toLocalIterator` fetches each partition whole as one
-task result, so the one partition - every row - was held in one JVM heap at once (Fruits-360:
-~90,000 rows x up to 300 components). `benchmarks/csv_at_scale.py` compares the two writers in a
-fresh process with a capped heap (benchmarks/README.md, "CSV at Fruits-360's size").
+Why: before, the rows came to the driver as one stream, `repartition(1)` then `toLocalIterator`.
+That sorts every row in one task, and PySpark's `toLocalIterator` fetches each partition whole as
+one task result, so the one partition - every row - was held in one JVM heap at once. Measured
+(`benchmarks/csv_at_scale.py`, benchmarks/README.md "CSV at Fruits-360's size"; each writer in a
+fresh local Spark process, 2 cores): at Fruits-360's size, 90,000 rows x 300 components (a 318 MB
+file), with a 1 GiB heap the earlier writer ran out of heap in the one task in every run, this
+one passed with a JVM of 0.8-1.1 GB RSS (the earlier one's reached 2.1-3.5 GB with 4 GiB), the
+same bytes. Time on 2 cores: the same within the noise once warm (16-19 s vs 19-22 s), a few
+seconds more in a fresh process (the Python workers start) and at small sizes (+1.3-2.2 s at
+6,000 x 40: more Spark jobs).
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ class CsvTable:
     file_name: str
 
     def save(self, folder) -> tuple[dict, dict]:
-        """Write into the version folder `folder`; (manifest extras, metadata)."""
+        """Write into the version folder `folder` (`write_csv`; its parts in a folder next to the
+        file, deleted once joined); (manifest extras, metadata). The preview is read from the
+        file's first MiB."""
         target = folder.path(self.file_name)
         rows = write_csv(self.frame, self.k, target, folder.storage)
         preview = csv_preview(folder.storage.read_range(target, 0, PREVIEW_BYTES))
@@ -78,8 +85,10 @@ def write_csv(frame, k: int, target: str, storage: Storage | None = None, partit
     one CSV file `target` (a local path or s3:// URI); return the row count.
 
     The file is what Python's `csv.writer` makes of the rows (UTF-8, its quoting, "\\r\\n" line
-    ends) and the components as `format(v, ".9g")` (so 'nan', 'inf', '-inf' for non-finite
-    values): the same bytes the earlier single-stream writer wrote. `partitions`: the number of
+    ends) and the components as `format(v, ".9g")`: the same bytes the earlier single-stream
+    writer wrote. Non-finite components stay 'nan', 'inf' and '-inf', as before: `load`
+    (pandas) reads them back as NaN and +-inf, and the vectors check upstream keeps non-finite
+    features out, so only an overflow could make one. `partitions`: the number of
     ranges (parts), by default about one per PART_BYTES of text and at least one per core.
     Where Spark cannot write s3:// (pyspark from PyPI has no S3 connector), the parts and the
     file are written in a local temporary folder, and the file uploaded.
@@ -88,8 +97,8 @@ def write_csv(frame, k: int, target: str, storage: Storage | None = None, partit
 
     storage = storage or Storage()
     # Computed once, kept on the executors' local disks: Spark samples the keys to place the
-    # ranges' bounds, a pass over the rows before the sort's own (at 90,000 rows x 300 the
-    # projection took ~30-40 s a pass here; benchmarks/README.md).
+    # ranges' bounds, a pass over the rows before the sort's own. Projected 90,000 x 300, 1 GiB,
+    # one session: 173 s computing the projection twice, 124 s persisted (benchmarks/README.md).
     cached_already = frame.storageLevel != StorageLevel.NONE  # then the caller's to release
     rows_on_disk = frame if cached_already else frame.persist(StorageLevel.DISK_ONLY)
     try:
