@@ -1,7 +1,7 @@
 """The Spark side of each stage: DataFrames in, DataFrames out, the pure functions run per batch.
 
-Nothing here collects images or features to the driver; the CSV is streamed partition by
-partition (`toLocalIterator`).
+Nothing here collects images or features to the driver; the CSV is written by Spark in sorted
+ranges and joined into one file (`csv_table.write_csv`).
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ from pathlib import Path
 from fruits_assets.constants import EU_REGION
 from fruits_assets.errors import FruitsConfigError, StorageUnreachableError
 
+# S3's multipart limits: every part but the last at least 5 MiB; a part copied from an object at
+# most 5 GiB; at most 10,000 parts.
+S3_MIN_PART = 5 * 1024 * 1024
+S3_MAX_COPY_PART = 5 * 1024**3
+
 
 def is_s3(uri: str) -> bool:
     return uri.startswith(("s3://", "s3a://", "s3n://"))
@@ -82,6 +87,32 @@ class Storage:
             bucket, key = split_s3(uri)
             return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
         return Path(uri).read_bytes()
+
+    def read_range(self, uri: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a file (fewer if it is shorter)."""
+        if end <= start:
+            return b""
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            return self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"].read()
+        with open(uri, "rb") as handle:
+            handle.seek(start)
+            return handle.read(end - start)
+
+    def file_sizes(self, uri: str) -> list[tuple[str, int]]:
+        """(name, size in bytes) of each file directly in folder `uri`, by name."""
+        if is_s3(uri):
+            bucket, prefix = split_s3(uri)
+            prefix = prefix.rstrip("/") + "/"
+            return sorted(
+                (obj["Key"][len(prefix) :], obj["Size"])
+                for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=bucket, Prefix=prefix, Delimiter="/"
+                )
+                for obj in page.get("Contents", [])
+            )
+        path = Path(uri)
+        return sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file()) if path.is_dir() else []
 
     def exists(self, uri: str) -> bool:
         if is_s3(uri):
@@ -174,6 +205,91 @@ class Storage:
         tmp = f"{uri}.tmp-{os.getpid()}"
         shutil.copyfile(local_path, tmp)
         os.replace(tmp, uri)
+
+    def concatenate(self, target: str, sources: list[tuple[str, int]], head: bytes = b"") -> int:
+        """Write `target` as `head` followed by the files `sources` ((uri, size), in order; on the
+        same store as `target`), streaming: the bytes are copied, never held whole. Atomic:
+        readers see the old `target` or the new one. Returns its size.
+
+        Locally, one file copied after the other. On S3, one multipart upload whose parts are
+        copied server-side from the sources (UploadPartCopy), but for what S3's 5 MiB minimum
+        part size forbids copying: `head`, sources smaller than a part and the ends of others are
+        gathered on this machine into parts of 5 MiB (at most one such buffer at a time). A
+        result smaller than one part is one PutObject."""
+        if is_s3(target):
+            return self._concatenate_s3(target, sources, head)
+        path = Path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=".tmp-") as out:
+            try:
+                out.write(head)
+                for source, _size in sources:
+                    with open(source, "rb") as part:
+                        shutil.copyfileobj(part, out, 1024 * 1024)
+                size = out.tell()
+            except BaseException:
+                os.unlink(out.name)
+                raise
+        os.replace(out.name, path)
+        return size
+
+    def _concatenate_s3(self, target: str, sources: list[tuple[str, int]], head: bytes) -> int:
+        bucket, key = split_s3(target)
+        client = self.client
+        buffer = bytearray(head)
+        parts: list[dict] = []
+        upload_id = None
+        total = len(head)
+
+        def next_part() -> tuple[int, str]:
+            nonlocal upload_id
+            if upload_id is None:
+                upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, **self.encryption_args())["UploadId"]
+            return len(parts) + 1, upload_id
+
+        def flush() -> None:
+            number, upload = next_part()
+            answer = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=bytes(buffer))
+            parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            buffer.clear()
+
+        try:
+            for source, size in sources:
+                source_bucket, source_key = split_s3(source)
+                total += size
+                start = 0
+                while start < size:
+                    if not buffer and size - start >= S3_MIN_PART:  # a whole part, copied by S3
+                        end = min(size, start + S3_MAX_COPY_PART)
+                        number, upload = next_part()
+                        answer = client.upload_part_copy(
+                            Bucket=bucket,
+                            Key=key,
+                            UploadId=upload,
+                            PartNumber=number,
+                            CopySource={"Bucket": source_bucket, "Key": source_key},
+                            CopySourceRange=f"bytes={start}-{end - 1}",
+                        )
+                        parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
+                    else:  # too small to be a part: gathered here until it makes one
+                        end = min(size, start + S3_MIN_PART - len(buffer))
+                        buffer += self.read_range(source, start, end)
+                        if len(buffer) >= S3_MIN_PART:
+                            flush()
+                    start = end
+            if upload_id is None:
+                client.put_object(Bucket=bucket, Key=key, Body=bytes(buffer), **self.encryption_args())
+                return total
+            if buffer:
+                flush()  # the last part may be smaller
+            client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            if upload_id is not None:
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+        return total
 
     def delete_tree(self, uri: str) -> None:
         if is_s3(uri):
