@@ -113,9 +113,6 @@ def test_two_cli_runs_at_once_never_mix_or_lose_data(sample_root, tmp_path):
             assert made["image_features"]["rows"] == images
             assert made["pca_features_csv"]["csv_rows"] == images, "a successful run has every image"
             computed_by.update({asset: run_id for asset in ASSETS if "unchanged" not in made[asset]})
-        second = runs[1].dagster_run.run_id
-        assert "unchanged" in materializations(instance, second)["raw_images"], "the same photos: nothing new"
-        assert {a for a, run in computed_by.items() if run == second} == set(ASSETS) - {"raw_images"}
             for entry in instance.all_logs(run_id):
                 event = entry.dagster_event
                 assert event is None or event.event_type not in (
@@ -123,6 +120,9 @@ def test_two_cli_runs_at_once_never_mix_or_lose_data(sample_root, tmp_path):
                     dg.DagsterEventType.STEP_UP_FOR_RETRY,
                 ), entry.user_message
             stored += [m["stored_at"] for m in made.values() if "stored_at" in m]
+        second = runs[1].dagster_run.run_id
+        assert "unchanged" in materializations(instance, second)["raw_images"], "the same photos: nothing new"
+        assert {a for a, run in computed_by.items() if run == second} == set(ASSETS) - {"raw_images"}
     # Each current version comes from the last run that computed it, and the CSV is whole.
     for asset in ASSETS:
         assert json.loads((out / asset / "_CURRENT.json").read_text())["run_id"] == computed_by[asset], asset
