@@ -38,6 +38,7 @@ def main(argv=None) -> None:
     parser.add_argument("--model", help="litert: a .tflite flatbuffer")
     parser.add_argument("--batch", type=int, default=0, help="default: 64 (keras), 4 (litert)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--limit", type=int, help="only this many images, evenly spaced over the sorted paths")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -45,6 +46,9 @@ def main(argv=None) -> None:
     from fruits_assets.images import decode_image
 
     paths = image_paths(args.images)
+    if args.limit and args.limit < len(paths):
+        step = len(paths) / args.limit
+        paths = [paths[int(i * step)] for i in range(args.limit)]
     if args.engine == "keras":
         import keras
         from keras.applications.mobilenet_v2 import preprocess_input
