@@ -12,6 +12,7 @@ whose signature is its current version's computes nothing (`incremental.unchange
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import dagster as dg
 import numpy as np
@@ -182,6 +183,45 @@ RAW_VERSION = f"{LAYOUT_VERSION}+{CHECK_VERSION}"
 RAW_STAGE = Stage("raw_images", keys=("path", "identity"), columns=RAW_COLUMNS, reported=("stage", "size"))
 
 
+@dataclass
+class RootListing:
+    """What `raw_images` found under the images root, before Spark reads anything."""
+
+    root: str
+    listed: list  # every listed file (listing.ListedFile)
+    images: list  # those whose name makes them candidate images
+    signature: str  # what a version of raw_images made from this listing holds
+    report: dict  # the listing's own metadata
+
+
+def list_root(context, settings: FruitsSettings, storage, splits: list[str]) -> RootListing:
+    """List the images root (each file with its identity), and record the `photos` it saw."""
+    root = images_root(settings, storage)
+    versions = dict(storage.list_versions(root))
+    listed, skipped = list_images(storage, root, settings.limit_per_class, splits, versions)
+    record_source(context, "photos", photos_of(settings, root, versions))
+    return RootListing(
+        root,
+        listed,
+        usable_images(listed, root),
+        digest(RAW_VERSION, [(f.path, f.identity) for f in listed]),
+        {"images_root": root, "rows": len(listed), "skipped_by_limit": skipped},
+    )
+
+
+def raw_images_metadata(listing: RootListing, summary: dict, thumbnails: str, seconds: float) -> dict:
+    images = listing.images
+    return {
+        **listing.report,
+        **summary,
+        "rejected_at_listing": len(listing.listed) - len(images),
+        "classes": len({f.label for f in images}),
+        "images_per_class": dg.MetadataValue.md(markdown_table(*images_per_class(images))),
+        "thumbnails": dg.MetadataValue.md(markdown_image(thumbnails, "one image per class")),
+        "compute_seconds": seconds,
+    }
+
+
 @spark_asset(kinds={"spark", "python"}, code_version=RAW_VERSION, deps=["photos"])
 def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     """Every file under the images root: path, split, class label and bytes."""
@@ -189,52 +229,30 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
     from pyspark.sql import functions as F
 
     started, settings, storage = time.perf_counter(), settings_of(context), context.resources.settings.storage()
-    root = images_root(settings, storage)
     with ThreadPoolExecutor(2, thread_name_prefix="raw_images") as background:
         if not current_version(context, "raw_images"):  # a first run: the JVM starts while files are listed
             background.submit(spark_for, context, "raw_images")
-        versions = dict(storage.list_versions(root))
-        listed, skipped = list_images(storage, root, settings.limit_per_class, config.splits, versions)
-        images = usable_images(listed, root)
-        record_source(context, "photos", photos_of(settings, root, versions))
-        signature = digest(RAW_VERSION, [(f.path, f.identity) for f in listed])  # what it holds, too
-        report = {"images_root": root, "rows": len(listed), "skipped_by_limit": skipped}
-        if manifest := unchanged_version(context, "raw_images", signature):
-            yield unchanged_output(manifest, report)
+        listing = list_root(context, settings, storage, config.splits)
+        if manifest := unchanged_version(context, "raw_images", listing.signature):
+            yield unchanged_output(manifest, listing.report)
             return
-        thumbnails = background.submit(class_thumbnails, images, storage)  # drawn while Spark works
+        thumbnails = background.submit(class_thumbnails, listing.images, storage)  # drawn while Spark works
         spark = spark_for(context, "raw_images")
 
         def read_and_check(work, counts):  # cached: the summary and the write read each file once
             first_run = counts["reused"] == 0  # Spark then reads the whole root itself
-            return raw_images_frame(spark, work, root, storage, first_run).persist(StorageLevel.MEMORY_AND_DISK)
+            frame = raw_images_frame(spark, work, listing.root, storage, first_run)
+            return frame.persist(StorageLevel.MEMORY_AND_DISK)
 
-        listing = listing_frame(spark, listed)
+        frame = listing_frame(spark, listing.listed)
         run = run_stage(
-            context,
-            RAW_STAGE,
-            listing,
-            F.expr(RAW_REUSABLE),
-            read_and_check,
-            settings.rows_per_partition,
-            (RAW_VERSION,),
+            context, RAW_STAGE, frame, F.expr(RAW_REUSABLE), read_and_check, settings.rows_per_partition, (RAW_VERSION,)
         )
         summary = raw_images_summary(run.computed, run.kept)
-        seconds = round(time.perf_counter() - started, 2)
-        context.log.info(f"raw_images: {len(listed)} files under {root} ({summary['images']} images) in {seconds}s")
+        seconds = round(time.perf_counter() - started, 2)  # in the metadata (run_stage logged the counts)
         # A version with unreadable files is never kept whole: the next run tries them again.
-        yield run.result(
-            signature if not summary["unreadable"] else None,
-            {
-                **report,
-                **summary,
-                "rejected_at_listing": len(listed) - len(images),
-                "classes": len({f.label for f in images}),
-                "images_per_class": dg.MetadataValue.md(markdown_table(*images_per_class(images))),
-                "thumbnails": dg.MetadataValue.md(markdown_image(thumbnails.result(), "one image per class")),
-                "compute_seconds": seconds,
-            },
-        )
+        kept_signature = listing.signature if not summary["unreadable"] else None
+        yield run.result(kept_signature, raw_images_metadata(listing, summary, thumbnails.result(), seconds))
         run.computed.unpersist()
 
 
