@@ -534,24 +534,36 @@ def cmd_run(args, out=None) -> int:
     emr = _client("emr", region)
     given = args.cluster_id
     started = time.monotonic()
-    cluster_id = given or cmd_create(argparse.Namespace(**{**vars(args), "wait": True}), out)
     terminate = args.terminate or not given
-    code = 1
-    try:
-        with _interrupts_as_keyboard_interrupt():
+    code, running = 1, False
+    with _interrupts_as_keyboard_interrupt():
+        # The cluster's id first, then the wait (~10 min) inside the `try`: an interrupt while the
+        # cluster starts, or a start that fails or times out, still terminates it.
+        cluster_id = given or cmd_create(argparse.Namespace(**{**vars(args), "wait": False}), out)
+        try:
+            if not given:
+                state = wait_until_ready(emr, cluster_id, args.timeout, args.poll_seconds)
+                print(f"cluster {cluster_id} is {state}", file=out, flush=True)
+            running = True
             code = materialize_on(cluster_id, region, args, out)
-    except KeyboardInterrupt:
-        print("fruits-emr run: interrupted; the run's step launcher cancels its EMR step", file=out)
-        code = 130
-    finally:
-        hours = (time.monotonic() - started) / 3600.0
-        if terminate:
-            emr.terminate_job_flows(JobFlowIds=[cluster_id])
-            state = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
-            print(f"cluster {cluster_id}: terminated ({state}) after {hours * 60:.1f} min", file=out)
-        else:
-            print(f"cluster {cluster_id}: kept (given with --cluster-id); `fruits-emr terminate` when done", file=out)
+        except KeyboardInterrupt:
+            why = "the run's step launcher cancels its EMR step" if running else "before the run started"
+            print(f"fruits-emr run: interrupted; {why}", file=out)
+            code = 130
+        finally:
+            _end(emr, cluster_id, terminate, started, out)
     return code
+
+
+def _end(emr, cluster_id: str, terminate: bool, started: float, out) -> None:
+    """What `run` does last, whatever happened: terminate the cluster (or say it is kept)."""
+    hours = (time.monotonic() - started) / 3600.0
+    if terminate:
+        emr.terminate_job_flows(JobFlowIds=[cluster_id])
+        state = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
+        print(f"cluster {cluster_id}: terminated ({state}) after {hours * 60:.1f} min", file=out)
+    else:
+        print(f"cluster {cluster_id}: kept (given with --cluster-id); `fruits-emr terminate` when done", file=out)
 
 
 @contextlib.contextmanager

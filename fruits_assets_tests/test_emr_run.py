@@ -85,9 +85,7 @@ def test_an_interrupted_run_cancels_its_step_and_terminates_its_cluster(run_env,
     while not submitted and time.monotonic() < deadline and process.poll() is None:
         time.sleep(1)
         clusters = emr.list_clusters(ClusterStates=["WAITING", "RUNNING"])["Clusters"]
-        submitted = [
-            s for c in clusters if c["Id"] not in earlier for s in emr.list_steps(ClusterId=c["Id"])["Steps"]
-        ]
+        submitted = [s for c in clusters if c["Id"] not in earlier for s in emr.list_steps(ClusterId=c["Id"])["Steps"]]
     assert submitted, "no step was submitted"
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole process group
     output, _ = process.communicate(timeout=240)
@@ -95,3 +93,32 @@ def test_an_interrupted_run_cancels_its_step_and_terminates_its_cluster(run_env,
     _, state = cluster_state(moto_server, output)
     assert state in ("TERMINATING", "TERMINATED"), (state, output[-3000:])
     assert cancels and submitted[0]["Id"] in cancels[0], (cancels, output[-3000:])
+
+
+def test_an_interrupt_while_the_cluster_starts_terminates_it(run_env, moto_server, monkeypatch):
+    """SIGTERM during the cluster's ~10 minutes of start-up (moto's cluster is kept STARTING
+    here): the cluster is terminated, not left to its idle timeout."""
+    from moto.emr.models import Cluster
+
+    monkeypatch.setattr(Cluster, "run_bootstrap_actions", lambda self: None)  # stays STARTING
+    emr = boto3.client("emr", region_name="eu-west-1", endpoint_url=moto_server)
+    earlier = {c["Id"] for c in emr.list_clusters()["Clusters"]}
+    process = subprocess.Popen(
+        [FRUITS_EMR, "run", "--poll-seconds", "1"],
+        env=run_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline, starting = time.monotonic() + 120, []
+    while not starting and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        starting = [c for c in emr.list_clusters(ClusterStates=["STARTING"])["Clusters"] if c["Id"] not in earlier]
+    assert starting, "no cluster was started"
+    time.sleep(2)  # `run` waits for it
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output[-3000:]
+    assert "interrupted; before the run started" in output, output[-3000:]
+    _, state = cluster_state(moto_server, output)
+    assert state in ("TERMINATING", "TERMINATED"), (state, output[-3000:])
