@@ -340,7 +340,7 @@ def stored_image_size(preprocessed_images) -> int:
 FEATURES_STAGE = Stage("image_features", keys=("path", "fingerprint"), columns=FEATURE_COLUMNS)
 
 
-@spark_asset(kinds={"spark", "tensorflow"}, code_version=CONVERSION_VERSION, deps=["model_weights"])
+@spark_asset(kinds={"spark", "litert"}, code_version=CONVERSION_VERSION, deps=["model_weights"])
 def image_features(context: dg.AssetExecutionContext, preprocessed_images):
     """1280-d MobileNetV2 (ImageNet-style, avg-pooled) feature vectors, one per image."""
     from pyspark.sql import functions as F

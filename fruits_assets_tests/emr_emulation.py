@@ -21,11 +21,12 @@ What it does, as EMR would (see `EmulatedEmrCluster.run_step`):
   the workers (a mount namespace each, in which it is an empty folder). Whatever relies on the
   driver's local files, on module state set in the driver, or on one executor fails here as it
   would on EMR. The standalone scheduler stands in for YARN: cluster.yaml's executor sizing is
-  YARN's (3 cores per executor on 8-vCPU nodes), so `STANDALONE_DEFAULTS` overrides only what a
-  1-core worker needs (`spark.executor.cores` 1; `memoryOverhead` is not reserved by standalone,
-  which has no container limit: the master granted each executor its 1 GiB heap only) and what
-  dynamic allocation needs without YARN's external shuffle service (shuffle tracking), and keeps
-  two executors per application (`minExecutors`). One setting is this machine's, not EMR's: the
+  YARN's (one 4-core executor on the one 4-vCPU node, `maxExecutors` 1), so `STANDALONE_DEFAULTS`
+  overrides only what a 1-core worker needs (`spark.executor.cores` 1; `memoryOverhead` is not
+  reserved by standalone, which has no container limit: the master grants each executor its heap
+  only) and what dynamic allocation needs without YARN's external shuffle service (shuffle
+  tracking), and keeps two executors per application (`minExecutors` = `maxExecutors` = 2: a
+  cluster with task nodes has several; the default one-node cluster runs this code in one). One setting is this machine's, not EMR's: the
   JVMs compile with C1 only (`THIS_MACHINE_DEFAULTS`: three JVMs per step on two cores).
 - **The cluster's environment only**: every process (driver, master, workers, executors, Python
   workers) starts from an empty environment plus what a node has (`node_environment`: PATH,
@@ -407,13 +408,15 @@ class StandaloneSpark:
 
 # spark-defaults that the standalone scheduler needs instead of YARN's (module docstring).
 STANDALONE_DEFAULTS = {
-    # One core per worker here; cluster.yaml's 3 is YARN's sizing of an 8-vCPU node.
+    # One core per worker here; cluster.yaml's 4 is YARN's sizing of the 4-vCPU node.
     "spark.executor.cores": "1",
     # EMR's YARN has the external shuffle service; two workers on one machine cannot each run one
     # (one port), so dynamic allocation tracks shuffle files in the executors instead.
     "spark.dynamicAllocation.shuffleTracking.enabled": "true",
-    # An executor on each worker for every application, however few its tasks.
+    # An executor on each worker for every application, however few its tasks (cluster.yaml's
+    # maxExecutors 1 is the one-node cluster's: one executor fills its node).
     "spark.dynamicAllocation.minExecutors": "2",
+    "spark.dynamicAllocation.maxExecutors": "2",
 }
 # Not EMR's, this machine's: each step starts 3 JVMs (driver, 2 executors) on 2 cores, and a short
 # Spark job spends much of its CPU in the C2 compiler. C1 only: a small job on this cluster took
@@ -424,12 +427,24 @@ THIS_MACHINE_DEFAULTS = {
 }
 
 
+def _emr_backends():
+    """moto's server files an EMR cluster under the region of the endpoint it was reached at (its
+    default region for a bare endpoint URL): every region's backend."""
+    from moto.emr.models import emr_backends
+
+    return list(emr_backends[MOTO_ACCOUNT].values())
+
+
 class EmulatedEmrCluster:
     """Runs the steps that reach `cluster_id` on the moto server as EMR would (module docstring),
-    on the standalone Spark cluster `spark`."""
+    on the standalone Spark cluster `spark`. With `cluster_id=None`, the cluster is the first one
+    created after this object (what `fruits-emr run` creates for one run)."""
 
-    def __init__(self, cluster_id: str, endpoint: str, spark: StandaloneSpark, name: str, region: str = "eu-west-1"):
+    def __init__(
+        self, cluster_id: str | None, endpoint: str, spark: StandaloneSpark, name: str, region: str = "eu-west-1"
+    ):
         self.cluster_id = cluster_id
+        self._known = set() if cluster_id else {c for backend in _emr_backends() for c in list(backend.clusters)}
         self.endpoint = endpoint
         self.region = region
         self.spark = spark
@@ -530,17 +545,19 @@ class EmulatedEmrCluster:
 
     # -- the steps ------------------------------------------------------------------------------
     def _emr(self):
-        from moto.emr.models import emr_backends
-
-        # moto's server files an EMR cluster under the region of the endpoint it was reached at
-        # (its default region for a bare endpoint URL): look in each.
-        for backend in emr_backends[MOTO_ACCOUNT].values():
+        if self.cluster_id is None:  # the cluster `fruits-emr run` creates, once it exists
+            created = sorted(c for b in _emr_backends() for c in list(b.clusters) if c not in self._known)
+            if not created:
+                return None
+            self.cluster_id = created[0]
+        for backend in _emr_backends():
             if self.cluster_id in backend.clusters:
                 return backend.clusters[self.cluster_id]
         raise KeyError(f"no cluster {self.cluster_id} on the moto server")
 
     def _next_step(self):
-        for step in self._emr().steps:
+        cluster = self._emr()
+        for step in cluster.steps if cluster is not None else ():
             if step.state in ("PENDING", "RUNNING"):
                 return step
         return None

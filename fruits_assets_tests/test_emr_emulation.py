@@ -17,11 +17,13 @@ connector against moto's S3 (see that module's docstring for what the emulation 
 only a real cluster can show).
 
 The result is checked against the local deployment on the same images: the CSV on S3 equals the
-local CSV to 1e-4. Then images are added, changed and deleted on S3 and the host runs again, this
-time with a KMS key (FRUITS_KMS_KEY_ID: SSE-KMS for what boto3 writes, the host's staged steps
-included) and the driver's logs fetched back (FRUITS_EMR_WAIT_FOR_LOGS=1): the steps on the
-cluster reuse the stored arrays and vectors of the unchanged images (incremental runs work the
-same on EMR), and the CSV still equals a local run on the final images.
+local CSV to 1e-4. Then images are added, changed and deleted on S3 and the second run is the
+transient path, `fruits-emr run`: it creates a cluster of its own, runs the same command on it
+and terminates it once the run succeeded (failure and interrupt: test_emr_run.py). It runs with
+a KMS key (FRUITS_KMS_KEY_ID: SSE-KMS for what boto3 writes, the host's staged steps included)
+and the driver's logs fetched back (FRUITS_EMR_WAIT_FOR_LOGS=1): the steps on the new cluster
+reuse the stored arrays and vectors of the unchanged images (incremental runs work the same on
+EMR, across clusters), and the CSV still equals a local run on the final images.
 """
 
 import io
@@ -182,14 +184,17 @@ def test_whole_graph_on_the_emulated_cluster(
         assert local.success
         return csv_by_image(pd.read_csv(tmp_path / name / "pca_features_csv" / "pca_features.csv"), str(images))
 
-    def run_on_cluster(name: str, host_env: dict) -> tuple[subprocess.CompletedProcess, pd.DataFrame]:
-        """The host's run on the emulated cluster and, meanwhile, the local reference."""
+    def run_on_cluster(
+        name: str, host_env: dict, command: list[str], on: str | None
+    ) -> tuple[subprocess.CompletedProcess, pd.DataFrame]:
+        """The host's run on the emulated cluster `on` (None: the one the command creates) and,
+        meanwhile, the local reference."""
         # The cluster's exit (first) stops the host and the running step if this test fails.
         with (
             ThreadPoolExecutor(1) as pool,
-            EmulatedEmrCluster(cluster_id, moto_server, standalone_spark, f"{tmp_path.name}-{name}") as cluster,
+            EmulatedEmrCluster(on, moto_server, standalone_spark, f"{tmp_path.name}-{name}") as cluster,
         ):
-            running = pool.submit(cluster.run_host, [*dagster, "--select", "*"], 1800, cwd=host_cwd, env=host_env)
+            running = pool.submit(cluster.run_host, command, 1800, cwd=host_cwd, env=host_env)
             local = local_csv(f"local-{name}")
             host = running.result()
         with capsys.disabled():
@@ -203,6 +208,7 @@ def test_whole_graph_on_the_emulated_cluster(
         ran = [re.sub(r"^Execute Solid/Op ", "", r["name"]) for r in cluster.ran]
         assert sorted(ran) == sorted(SPARK_STEPS), ran
         assert not failed
+        host.cluster_id = cluster.cluster_id
         for step in cluster.ran:
             assert "--py-files" in step["args"] and step["args"][step["args"].index("--master") + 1] == "yarn"
             assert_distributed(step)
@@ -217,7 +223,7 @@ def test_whole_graph_on_the_emulated_cluster(
         assert (on_emr[pcs] - here[pcs]).abs().to_numpy().max() <= 1e-4
         return on_emr
 
-    _, local = run_on_cluster("cluster", env)
+    _, local = run_on_cluster("cluster", env, [*dagster, "--select", "*"], on=cluster_id)
     if standalone_spark.hides_primary:  # the drivers' folders are there; the workers see none
         seen = standalone_spark.seen_by_workers(standalone_spark.primary)
         assert os.listdir(standalone_spark.primary) and seen == [[], []], seen
@@ -243,8 +249,17 @@ def test_whole_graph_on_the_emulated_cluster(
     s3.delete_object(Bucket=s3_bucket, Key=f"{PREFIX}/images/{deleted.relative_to(images).as_posix()}")
     # This time with the KMS key (SSE-KMS for what boto3 writes) and the driver's logs fetched
     # back from the cluster's LogUri after each step (FRUITS_EMR_WAIT_FOR_LOGS=1).
+    transient_env = {k: v for k, v in env.items() if k != "FRUITS_EMR_CLUSTER_ID"}
+    transient_env.update({"FRUITS_KMS_KEY_ID": key["KeyId"], "FRUITS_EMR_WAIT_FOR_LOGS": "1"})
     host, local = run_on_cluster(
-        "cluster-2", {**env, "FRUITS_KMS_KEY_ID": key["KeyId"], "FRUITS_EMR_WAIT_FOR_LOGS": "1"}
+        "cluster-2", transient_env, [str(Path(sys.executable).parent / "fruits-emr"), "run"], on=None
+    )
+    assert host.cluster_id != cluster_id, "fruits-emr run made a cluster of its own"
+    emr = boto3.client("emr", region_name="eu-west-1", endpoint_url=moto_server)
+    state = emr.describe_cluster(ClusterId=host.cluster_id)["Cluster"]["Status"]["State"]
+    assert state in ("TERMINATING", "TERMINATED") and f"cluster {host.cluster_id}: terminated" in host.stdout, (
+        state,
+        host.stdout[-2000:],
     )
     assert host.stdout.count("---------- Spark Driver stdout: ----------") == len(SPARK_STEPS)
     run_id = latest_run_id(tmp_path / "dagster_home")
