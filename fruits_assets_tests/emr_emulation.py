@@ -427,7 +427,7 @@ THIS_MACHINE_DEFAULTS = {
 }
 
 
-def _emr_backends():
+def moto_emr_backends():
     """moto's server files an EMR cluster under the region of the endpoint it was reached at (its
     default region for a bare endpoint URL): every region's backend."""
     from moto.emr.models import emr_backends
@@ -444,7 +444,7 @@ class EmulatedEmrCluster:
         self, cluster_id: str | None, endpoint: str, spark: StandaloneSpark, name: str, region: str = "eu-west-1"
     ):
         self.cluster_id = cluster_id
-        self._known = set() if cluster_id else {c for backend in _emr_backends() for c in list(backend.clusters)}
+        self._known = set() if cluster_id else {c for backend in moto_emr_backends() for c in list(backend.clusters)}
         self.endpoint = endpoint
         self.region = region
         self.spark = spark
@@ -546,11 +546,11 @@ class EmulatedEmrCluster:
     # -- the steps ------------------------------------------------------------------------------
     def _emr(self):
         if self.cluster_id is None:  # the cluster `fruits-emr run` creates, once it exists
-            created = sorted(c for b in _emr_backends() for c in list(b.clusters) if c not in self._known)
+            created = sorted(c for b in moto_emr_backends() for c in list(b.clusters) if c not in self._known)
             if not created:
                 return None
             self.cluster_id = created[0]
-        for backend in _emr_backends():
+        for backend in moto_emr_backends():
             if self.cluster_id in backend.clusters:
                 return backend.clusters[self.cluster_id]
         raise KeyError(f"no cluster {self.cluster_id} on the moto server")

@@ -83,7 +83,7 @@ def test_two_cli_runs_at_once_never_mix_or_lose_data(sample_root, tmp_path):
         "*",
     ]
     env = cli_env(home, out, sample_root)
-    # The second run asks for another input size: all but raw_images change again after the first.
+    # The second run asks for another input size: the arrays and all after them change again.
     envs = [env, {**env, "FRUITS_IMAGE_SIZE": "128"}]
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     processes = []
@@ -122,7 +122,8 @@ def test_two_cli_runs_at_once_never_mix_or_lose_data(sample_root, tmp_path):
             stored += [m["stored_at"] for m in made.values() if "stored_at" in m]
         second = runs[1].dagster_run.run_id
         assert "unchanged" in materializations(instance, second)["raw_images"], "the same photos: nothing new"
-        assert {a for a, run in computed_by.items() if run == second} == set(ASSETS) - {"raw_images"}
+        # The same photos: the same listing and the same rejections; everything sized anew.
+        assert {a for a, run in computed_by.items() if run == second} == set(ASSETS) - {"raw_images", "rejected_images"}
     # Each current version comes from the last run that computed it, and the CSV is whole.
     for asset in ASSETS:
         assert json.loads((out / asset / "_CURRENT.json").read_text())["run_id"] == computed_by[asset], asset

@@ -48,6 +48,7 @@ from fruits_assets_tests.emr_emulation import (
     StandaloneSpark,
     cluster_python,
     java_home,
+    moto_emr_backends,
     s3a_jars,
     tag_default_network_for_emr,
 )
@@ -255,8 +256,8 @@ def test_whole_graph_on_the_emulated_cluster(
         "cluster-2", transient_env, [str(Path(sys.executable).parent / "fruits-emr"), "run"], on=None
     )
     assert host.cluster_id != cluster_id, "fruits-emr run made a cluster of its own"
-    emr = boto3.client("emr", region_name="eu-west-1", endpoint_url=moto_server)
-    state = emr.describe_cluster(ClusterId=host.cluster_id)["Cluster"]["Status"]["State"]
+    # moto files the cluster under the region it was reached in (eu-west-1's endpoint): its backend.
+    [state] = [b.clusters[host.cluster_id].state for b in moto_emr_backends() if host.cluster_id in b.clusters]
     assert state in ("TERMINATING", "TERMINATED") and f"cluster {host.cluster_id}: terminated" in host.stdout, (
         state,
         host.stdout[-2000:],
