@@ -3,10 +3,15 @@
 Static checks of the documents (and of the README's `aws iam` commands a newcomer copies): moto's
 server does not evaluate IAM conditions or key policies for S3, EMR or EBS, so no local API could
 show these. Each test names the AWS rule it checks; see emr_resources/README.md for the sources.
+The operator's policy is checked against what `fruits-emr` really does: its commands run in this
+process against moto's server, every AWS call is recorded, and each call's IAM authorization is
+evaluated here against the policy.
 """
 
+import contextlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -283,3 +288,338 @@ def test_service_role_policy_mirrors_the_managed_policy_version_it_names():
         for resource in as_list(statement["Resource"]):
             assert resource == "*" or ":eu-west-1:" in resource or resource.startswith("arn:aws:iam::111122223333:")
             assert resource == "*" or "111122223333" in resource or "::image/" in resource, resource
+
+
+# -- the operator's policy against the calls `fruits-emr` really makes ----------------------------
+OPERATOR_POLICY = "iam/operator_policy.json"
+OPERATOR_KMS_KEY = "1234abcd-12ab-34cd-56ef-1234567890ab"
+# The actions the Service Authorization Reference lists without a resource type ("you must specify
+# all resources ('*')"): EC2's Describe* calls, EMR's RunJobFlow (request tags only) and its
+# security configurations. Every other action is granted on named ARNs.
+NO_RESOURCE_LEVEL = {
+    "ec2:DescribeVpcs",
+    "ec2:DescribeSubnets",
+    "ec2:DescribeSecurityGroups",
+    "elasticmapreduce:RunJobFlow",
+    "elasticmapreduce:CreateSecurityConfiguration",
+    "elasticmapreduce:DescribeSecurityConfiguration",
+}
+MANAGED_CREATOR_POLICY = "AmazonEMRFullAccessPolicy_v2"  # AWS's policy for who creates EMR clusters
+
+
+def managed_creator_statements() -> dict[str, dict]:
+    """AmazonEMRFullAccessPolicy_v2 as moto ships it, by Sid: AWS's own word on which service each
+    role is passed to when a cluster is created, and on EMR's cleanup service-linked role."""
+    from moto.iam.aws_managed_policies import aws_managed_policies_data
+
+    policy = json.loads(aws_managed_policies_data)[MANAGED_CREATOR_POLICY]
+    return {s["Sid"]: s for s in policy["Document"]["Statement"]}
+
+
+def passed_to_service(sid: str) -> str:
+    """The service principal a managed PassRole statement names (`ec2.amazonaws.com*` ->
+    `ec2.amazonaws.com`: the `*` only adds the China partition's `.com.cn`)."""
+    [(operator, keys)] = managed_creator_statements()[sid]["Condition"].items()
+    assert operator == "StringLike", operator
+    return keys["iam:PassedToService"].removesuffix("*")
+
+
+def test_the_operator_passes_only_the_two_cluster_roles_and_grants_no_wildcard_action():
+    """RunJobFlow's one dependent action is iam:PassRole (Service Authorization Reference,
+    elasticmapreduce): the operator passes the service role to EMR and the instance profile's role
+    to EC2, exactly as AWS's AmazonEMRFullAccessPolicy_v2 scopes them (PassRoleForElasticMapReduce,
+    PassRoleForEC2), and only cluster.yaml's two roles: `--service-role`/`--job-flow-role` with
+    another name are refused. Its only other IAM action is the one AWS's policy also grants: EMR
+    creating its cleanup service-linked role with the account's first cluster. No `*` action,
+    no `iam:*`, no service-wide wildcard."""
+    cluster = yaml.safe_load((RESOURCES / "cluster.yaml").read_text())
+    role = "arn:aws:iam::111122223333:role/{}".format
+    passes = [s for s in statements(OPERATOR_POLICY) if "iam:PassRole" in as_list(s["Action"])]
+    assert {(r, json.dumps(s["Condition"])) for s in passes for r in as_list(s["Resource"])} == {
+        (
+            role(cluster["service_role"]),
+            json.dumps({"StringEquals": {"iam:PassedToService": passed_to_service("PassRoleForElasticMapReduce")}}),
+        ),
+        (
+            role(cluster["job_flow_role"]),
+            json.dumps({"StringEquals": {"iam:PassedToService": passed_to_service("PassRoleForEC2")}}),
+        ),
+    }
+    assert all(as_list(s["Action"]) == ["iam:PassRole"] for s in passes)
+    [linked] = [s for s in statements(OPERATOR_POLICY) if "iam:CreateServiceLinkedRole" in as_list(s["Action"])]
+    managed = managed_creator_statements()["ElasticMapReduceServiceLinkedRole"]
+    assert _matches(managed["Resource"].replace("arn:aws:iam::*:", "arn:aws:iam::111122223333:"), linked["Resource"])
+    assert linked["Resource"].endswith(
+        ":role/aws-service-role/elasticmapreduce.amazonaws.com/AWSServiceRoleForEMRCleanup"
+    )
+    assert linked["Condition"] == {"StringEquals": {"iam:AWSServiceName": "elasticmapreduce.amazonaws.com"}}
+    assert "elasticmapreduce.amazonaws.com" in managed["Condition"]["StringEquals"]["iam:AWSServiceName"]
+    iam_actions = {a for s in statements(OPERATOR_POLICY) for a in as_list(s["Action"]) if a.startswith("iam:")}
+    assert iam_actions == {"iam:PassRole", "iam:CreateServiceLinkedRole"}
+    assert not statements(OPERATOR_POLICY, "Deny")
+    for statement in statements(OPERATOR_POLICY):
+        assert "NotAction" not in statement and "NotResource" not in statement, statement["Sid"]
+        assert all("*" not in action for action in as_list(statement["Action"])), statement["Sid"]
+        if "*" in as_list(statement["Resource"]):  # only where IAM offers nothing narrower, and conditioned
+            assert set(as_list(statement["Action"])) <= NO_RESOURCE_LEVEL and statement.get("Condition"), statement
+
+
+def test_the_readme_attaches_the_operator_and_host_policies_to_whoever_runs_fruits_emr():
+    """README step 1: the operator (a person's role or CI's) gets both managed policies, the
+    lifecycle one and the host's (`fruits-emr run` runs `dagster asset materialize`, whose calls
+    dagster_host_policy.json grants), from the files `fruits-emr render` fills."""
+    readme = (PROJECT / "README.md").read_text()
+    created = dict(
+        (document_name, name)
+        for name, document_name in re.findall(
+            r"aws iam create-policy --policy-name (\S+) \\?\s*--policy-document file:///tmp/fruits-iam/(\S+\.json)",
+            readme,
+        )
+    )
+    assert set(created) >= {"operator_policy.json", "dagster_host_policy.json"}, created
+    attached = re.findall(
+        r"aws iam attach-role-policy --role-name (\S+) \\?\s*--policy-arn \S+:policy/(\S+?)\"?\s", readme
+    )
+    principals = {
+        role
+        for role, name in attached
+        if name in (created["operator_policy.json"], created["dagster_host_policy.json"])
+    }
+    names = {name for _, name in attached}
+    assert len(principals) == 1 and {created["operator_policy.json"], created["dagster_host_policy.json"]} <= names, (
+        attached
+    )
+
+
+@dataclass
+class AwsCall:
+    service: str  # botocore's service name: "emr", "s3", "ec2", "sts"
+    operation: str
+    params: dict
+    region: str
+
+
+@contextlib.contextmanager
+def recorded_aws_calls():
+    """Every AWS operation any botocore client of this process makes inside the block.
+
+    Recorded at `BaseClient._make_api_call`, which every generated client method goes through
+    whatever session made the client (boto3's default one in `_client` and `Storage`, or any
+    other), before the request is sent: a call AWS would refuse is recorded like one it answers."""
+    from botocore.client import BaseClient
+
+    calls: list[AwsCall] = []
+    original = BaseClient._make_api_call
+
+    def make_api_call(client, operation_name, api_params):
+        calls.append(
+            AwsCall(client.meta.service_model.service_name, operation_name, dict(api_params), client.meta.region_name)
+        )
+        return original(client, operation_name, api_params)
+
+    BaseClient._make_api_call = make_api_call
+    try:
+        yield calls
+    finally:
+        BaseClient._make_api_call = original
+
+
+@dataclass(frozen=True)
+class Request:
+    """One IAM authorization AWS makes for a call: the action, on a resource, with its context."""
+
+    action: str
+    resource: str
+    context: tuple  # sorted (key, value) pairs
+
+    def __str__(self):
+        return f"{self.action} on {self.resource} with {dict(self.context)}"
+
+
+def iam_requests(call: AwsCall, account: str, cluster_tags: dict[str, dict]) -> list[Request]:
+    """What AWS authorizes for `call` (the Service Authorization Reference's action, resource type
+    and condition keys). An operation not listed here fails the test: map it, then grant it."""
+    region, params = call.region, call.params
+
+    def request(action: str, resource: str, **context) -> Request:
+        return Request(action, resource, tuple(sorted(context.items())))
+
+    def cluster(cluster_id: str, action: str) -> Request:
+        tags = {f"aws:ResourceTag/{k}": v for k, v in cluster_tags[cluster_id].items()}
+        return request(action, f"arn:aws:elasticmapreduce:{region}:{account}:cluster/{cluster_id}", **tags)
+
+    regional = {"aws:RequestedRegion": region}
+    match call.service, call.operation:
+        case "sts", "GetCallerIdentity":
+            # "No permissions are required to perform this operation" (STS API Reference).
+            return []
+        case "ec2", ("DescribeVpcs" | "DescribeSubnets" | "DescribeSecurityGroups"):
+            return [request(f"ec2:{call.operation}", "*", **regional)]
+        case "s3", "PutObject":
+            put = request("s3:PutObject", f"arn:aws:s3:::{params['Bucket']}/{params['Key']}")
+            if params.get("ServerSideEncryption") != "aws:kms":
+                return [put]
+            # S3 asks KMS for a data key on the caller's behalf (S3 User Guide, SSE-KMS permissions).
+            key = params["SSEKMSKeyId"]
+            key_arn = key if key.startswith("arn:") else f"arn:aws:kms:{region}:{account}:key/{key}"
+            return [put, request("kms:GenerateDataKey", key_arn, **{"kms:ViaService": f"s3.{region}.amazonaws.com"})]
+        case "s3", ("GetObject" | "HeadObject"):
+            return [request("s3:GetObject", f"arn:aws:s3:::{params['Bucket']}/{params['Key']}")]
+        case "s3", "ListObjectsV2":
+            return [request("s3:ListBucket", f"arn:aws:s3:::{params['Bucket']}")]
+        case "emr", ("DescribeSecurityConfiguration" | "CreateSecurityConfiguration"):
+            return [request(f"elasticmapreduce:{call.operation}", "*", **regional)]
+        case "emr", "RunJobFlow":
+            tags = {f"aws:RequestTag/{tag['Key']}": tag["Value"] for tag in params.get("Tags", [])}
+            role = f"arn:aws:iam::{account}:role/{{}}".format
+            service_linked = managed_creator_statements()["ElasticMapReduceServiceLinkedRole"]
+            return [
+                request("elasticmapreduce:RunJobFlow", "*", **regional, **tags),
+                request(
+                    "iam:PassRole",
+                    role(params["ServiceRole"]),
+                    **{"iam:PassedToService": passed_to_service("PassRoleForElasticMapReduce")},
+                ),
+                # JobFlowRole names the instance profile; the role in it has the same name (EMR's
+                # rule, test_instance_profile_and_its_role_have_the_same_name).
+                request(
+                    "iam:PassRole",
+                    role(params["JobFlowRole"]),
+                    **{"iam:PassedToService": passed_to_service("PassRoleForEC2")},
+                ),
+                # EMR creates AWSServiceRoleForEMRCleanup with the account's first cluster, with
+                # the caller's permission (EMR Management Guide, "Using service-linked roles").
+                request(
+                    "iam:CreateServiceLinkedRole",
+                    role("aws-service-role/elasticmapreduce.amazonaws.com/AWSServiceRoleForEMRCleanup"),
+                    **{"iam:AWSServiceName": service_linked["Condition"]["StringEquals"]["iam:AWSServiceName"][0]},
+                ),
+            ]
+        case "emr", "DescribeCluster":
+            return [cluster(params["ClusterId"], "elasticmapreduce:DescribeCluster")]
+        case "emr", "TerminateJobFlows":
+            return [cluster(cluster_id, "elasticmapreduce:TerminateJobFlows") for cluster_id in params["JobFlowIds"]]
+    raise AssertionError(f"no IAM mapping for {call.service}:{call.operation}: add it to iam_requests, then grant it")
+
+
+def granting(policy: dict, request: Request) -> list[str]:
+    """The Sids of the policy's Allow statements that grant `request` (IAM's wildcards in Action
+    and Resource; every condition must hold in the request's context)."""
+    context = dict(request.context)
+    return [
+        statement["Sid"]
+        for statement in policy["Statement"]
+        if statement["Effect"] == "Allow"
+        and any(_matches(a, request.action) for a in as_list(statement["Action"]))
+        and any(_matches(r, request.resource) for r in as_list(statement["Resource"]))
+        and all(
+            _condition_holds(operator, key, wanted, context)
+            for operator, pairs in statement.get("Condition", {}).items()
+            for key, wanted in pairs.items()
+        )
+    ]
+
+
+def test_the_operator_policy_grants_every_call_of_the_fruits_emr_commands_and_nothing_else(
+    moto_server, s3_bucket, tmp_path, capsys, monkeypatch
+):
+    """`fruits-emr create` (SSE-S3 and --s3-kms), `status`, `terminate`, `run`, `cost`, `lock` and
+    `render`, run in this process against moto with every AWS call recorded: each call's IAM
+    authorization is granted by operator_policy.json alone, on a matching resource, with its
+    conditions met (project=fruits tags, the region, the roles' services, S3 as the KMS caller),
+    and every statement of the policy is needed by some call. `run`'s `dagster asset materialize`
+    (its own process, stubbed here) needs dagster_host_policy.json, attached beside it."""
+    import boto3
+
+    from emr_resources import cli as emr_cli
+    from fruits_assets_tests.emr_emulation import tag_default_network_for_emr
+
+    for name in ("FRUITS_AWS_REGION", "FRUITS_ALLOW_NON_EU_REGION", "FRUITS_S3_PREFIX", "FRUITS_EMR_CLUSTER_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FRUITS_KMS_KEY_ID", OPERATOR_KMS_KEY)
+    tag_default_network_for_emr("eu-west-1")
+    emr = boto3.client("emr", region_name="eu-west-1")
+    account = boto3.client("sts", region_name="eu-west-1").get_caller_identity()["Account"]
+    security = yaml.safe_load((RESOURCES / "cluster.yaml").read_text())["security_configuration"]
+
+    def fresh_security_configuration():
+        """Absent, so `create` creates it (moto's server is the session's: another test's may be there)."""
+        with contextlib.suppress(emr.exceptions.ClientError):
+            emr.delete_security_configuration(Name=security)
+
+    materialized = []
+    monkeypatch.setattr(emr_cli, "materialize_on", lambda cluster_id, *_: materialized.append(cluster_id) or 0)
+    monkeypatch.setattr(emr_cli, "uv_executable", lambda: ["true"])  # `lock` without uv: what it calls, not PyPI
+    quick = ["--poll-seconds", "0.05", "--timeout", "30"]
+    commands = {}
+
+    def run(name: str, argv: list[str]) -> str:
+        with recorded_aws_calls() as calls:
+            assert emr_cli.main(argv) == 0, capsys.readouterr()
+        commands[name] = calls
+        return capsys.readouterr().out
+
+    def created(out: str) -> str:
+        return re.search(r"^export FRUITS_EMR_CLUSTER_ID=(j-\w+)$", out, re.MULTILINE).group(1)
+
+    try:
+        fresh_security_configuration()
+        kms_cluster = created(run("create --s3-kms", ["create", "--bucket", s3_bucket, "--s3-kms", "--wait", *quick]))
+        run("terminate", ["terminate", "--cluster-id", kms_cluster])
+        fresh_security_configuration()
+        cluster = created(run("create", ["create", "--bucket", s3_bucket, "--wait", *quick]))
+        run("status", ["status", "--cluster-id", cluster])
+        run("terminate --cluster-id", ["terminate", "--cluster-id", cluster])
+        run("run", ["run", "--bucket", s3_bucket, *quick])
+        run("cost", ["cost", "--json"])
+        run("lock", ["lock"])
+        run("render", ["render", "--bucket", s3_bucket, "--out-dir", str(tmp_path / "iam")])
+    finally:
+        fresh_security_configuration()  # the next `create` of the session makes the default one again
+    assert len(materialized) == 1
+
+    # The recorder saw what each command does (so the checks below cannot pass on nothing).
+    operations = {name: {f"{c.service}:{c.operation}" for c in calls} for name, calls in commands.items()}
+    lifecycle = {
+        "sts:GetCallerIdentity",
+        "ec2:DescribeVpcs",
+        "ec2:DescribeSubnets",
+        "ec2:DescribeSecurityGroups",
+        "s3:PutObject",
+        "emr:DescribeSecurityConfiguration",
+        "emr:CreateSecurityConfiguration",
+        "emr:RunJobFlow",
+        "emr:DescribeCluster",
+    }
+    assert operations["create"] == operations["create --s3-kms"] == lifecycle, operations
+    assert operations["run"] == (lifecycle | {"emr:TerminateJobFlows"}) - {"emr:CreateSecurityConfiguration"}
+    assert operations["status"] == {"emr:DescribeCluster"}
+    assert operations["terminate"] == {"emr:TerminateJobFlows", "emr:DescribeCluster"}
+    assert operations["cost"] == operations["lock"] == set() and operations["render"] == {"sts:GetCallerIdentity"}
+    kms_puts = [c for c in commands["create --s3-kms"] if c.operation == "PutObject"]
+    assert len(kms_puts) == 2 and all(c.params["ServerSideEncryption"] == "aws:kms" for c in kms_puts)
+
+    clusters = {c.params["ClusterId"] for calls in commands.values() for c in calls if c.operation == "DescribeCluster"}
+    tags = {
+        cid: {t["Key"]: t["Value"] for t in emr.describe_cluster(ClusterId=cid)["Cluster"]["Tags"]} for cid in clusters
+    }
+    values = {
+        "BUCKET": s3_bucket,
+        "PREFIX": "fruits",
+        "REGION": "eu-west-1",
+        "ACCOUNT_ID": account,
+        "KMS_KEY_ID": OPERATOR_KMS_KEY,
+        "STAGING_PREFIX": "fruits/emr-staging",
+    }
+    policy = fill_placeholders(json.loads((RESOURCES / OPERATOR_POLICY).read_text()), values)
+    denied, used = [], set()
+    for name, calls in commands.items():
+        for call in calls:
+            for request in iam_requests(call, account, tags):
+                sids = granting(policy, request)
+                used.update(sids)
+                if not sids:
+                    denied.append(f"fruits-emr {name}: {call.service}:{call.operation} needs {request}")
+    assert not denied, "operator_policy.json does not grant:\n" + "\n".join(denied)
+    unused = {s["Sid"] for s in policy["Statement"]} - used
+    assert not unused, f"statements no command needs (least privilege: remove them): {unused}"
