@@ -190,7 +190,7 @@ def test_cost_prints_every_figure_with_its_source(resources, capsys, no_env):
     for expected in (
         "88,000 images at 224 px",
         "4 executor cores run tasks, of 4 vCPUs",
-        "[measured: emulation, local Spark, to be re-measured on the standalone cluster",
+        "[measured: the EMR emulation on a Spark standalone cluster",
         "[measured: issue 30 (filed 2026-12)",
         "[assumption:",
         "Graviton factor",
