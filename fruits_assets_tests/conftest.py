@@ -9,7 +9,9 @@ Tiers (markers; README, Tests):
   `spark` fixture (directly or through another fixture) is marked so, the others by hand;
 - `slow`: other processes: the Dagster CLI and webserver, the emulated EMR cluster, the notebook,
   PyPI.
-`pytest -m fast` answers in about a minute; `pytest` runs the tiers in that order.
+`pytest -m fast` answers in under a minute; `pytest` runs the tiers in that order, on two worker
+processes (pyproject.toml's addopts: each file on one worker; a `long` test first, beside the rest).
+On one worker (`-n 0`), the guard below sees every fast test before any JVM or TensorFlow.
 """
 
 import os
@@ -46,7 +48,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.spark)
         if not any(item.get_closest_marker(tier) for tier in TIERS[1:]):
             item.add_marker(pytest.mark.fast)
-    items.sort(key=lambda item: max(i for i, tier in enumerate(TIERS) if item.get_closest_marker(tier)))
+    # On several workers (pytest-xdist, README's `pytest`), whole files are handed out in this
+    # order: a `long` test first, so that its minutes run beside the rest of the suite.
+    distributed = "PYTEST_XDIST_WORKER" in os.environ
+    items.sort(
+        key=lambda item: (
+            not (distributed and item.get_closest_marker("long")),
+            max(i for i, tier in enumerate(TIERS) if item.get_closest_marker(tier)),
+        )
+    )
 
 
 def _jvm_started() -> bool:
@@ -92,8 +102,12 @@ def spark():
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory) -> Path:
     """One cache of converted models for the whole session (FRUITS_MODEL_CACHE, inherited by the
-    CLI processes the tests start): a model is converted once, not once per output folder."""
-    cache = tmp_path_factory.mktemp("model-cache")
+    CLI processes the tests start): a model is converted once, not once per output folder, and
+    not once per worker either (the session's folder shared by pytest-xdist's workers; a model is
+    written atomically, so two workers converting the same one at once both read a whole file)."""
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "model-cache"
+    cache.mkdir(exist_ok=True)
     previous = os.environ.get("FRUITS_MODEL_CACHE")
     os.environ["FRUITS_MODEL_CACHE"] = str(cache)
     yield cache

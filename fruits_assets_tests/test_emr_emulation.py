@@ -54,7 +54,7 @@ from fruits_assets_tests.emr_emulation import (
 )
 from fruits_assets_tests.helpers import materialize, run_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 PROJECT = Path(__file__).resolve().parents[1]
 PREFIX = "fruits"
