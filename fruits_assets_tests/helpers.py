@@ -102,3 +102,21 @@ def check_results(result) -> dict:
 def metadata_of(result, asset_name: str) -> dict:
     [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset_name)]
     return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def latest_run_id(home: Path) -> str:
+    """The newest run of the Dagster instance at `home` (a CLI's DAGSTER_HOME)."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return instance.get_run_records(limit=1)[0].dagster_run.run_id
+
+
+def latest_run_metadata(home: Path) -> dict:
+    """{asset: metadata} of what the newest run of the Dagster instance at `home` materialized
+    (its event log: what the run recorded, whatever its console showed)."""
+    out = {}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        run_id = instance.get_run_records(limit=1)[0].dagster_run.run_id
+        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+            materialization = entry.dagster_event.event_specific_data.materialization
+            out[materialization.asset_key.to_user_string()] = {k: v.value for k, v in materialization.metadata.items()}
+    return out

@@ -11,6 +11,7 @@ import pytest
 from fruits_assets.errors import FruitsConfigError
 from fruits_assets.resources import fruits_resources
 from fruits_assets.settings import FruitsSettings
+from fruits_assets_tests.helpers import latest_run_metadata
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -215,15 +216,7 @@ def test_every_selection_runs_from_the_cli(sample_root, tmp_path):
         assert result.returncode == 0 and "RUN_SUCCESS" in log, log[-3000:]
         # What the run materialized, from the instance's event log (the console's lines can be
         # interleaved with Spark's own output on the same stream).
-        assert newest_run_materialized(tmp_path / "home") == materialized, log[-3000:]
-
-
-def newest_run_materialized(home: Path) -> set[str]:
-    """The assets the newest run of the Dagster instance at `home` materialized."""
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        run_id = instance.get_run_records(limit=1)[0].dagster_run.run_id
-        events = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
-        return {e.dagster_event.asset_key.to_user_string() for e in events}
+        assert set(latest_run_metadata(tmp_path / "home")) == materialized, log[-3000:]
 
 
 def test_the_readme_names_every_setting_and_only_real_ones():

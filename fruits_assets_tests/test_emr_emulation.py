@@ -52,7 +52,7 @@ from fruits_assets_tests.emr_emulation import (
     s3a_jars,
     tag_default_network_for_emr,
 )
-from fruits_assets_tests.helpers import materialize, run_config
+from fruits_assets_tests.helpers import latest_run_id, latest_run_metadata, materialize, run_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.long]
 
@@ -325,26 +325,6 @@ def step_report(ran: list[dict]) -> str:
     total = sum(r["seconds"] for r in ran)
     steps = ", ".join(f"{re.sub(r'^Execute Solid/Op ', '', r['name'])} {r['seconds']} s {r['tasks']}" for r in ran)
     return f"{len(ran)} steps, {total:.0f} s: {steps}"
-
-
-def latest_run_id(home: Path) -> str:
-    import dagster as dg
-
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        return instance.get_run_records(limit=1)[0].dagster_run.run_id
-
-
-def latest_run_metadata(home: Path) -> dict:
-    """{asset: metadata} of the newest run in the Dagster home `home` (the host's event log)."""
-    import dagster as dg
-
-    out = {}
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        run_id = instance.get_run_records(limit=1)[0].dagster_run.run_id
-        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
-            materialization = entry.dagster_event.event_specific_data.materialization
-            out[materialization.asset_key.to_user_string()] = {k: v.value for k, v in materialization.metadata.items()}
-    return out
 
 
 def _run_python(python: Path, code: str) -> subprocess.CompletedProcess:
