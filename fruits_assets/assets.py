@@ -11,6 +11,7 @@ whose signature is its current version's computes nothing (`incremental.unchange
 
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -191,22 +192,38 @@ class RootListing:
     listed: list  # every listed file (listing.ListedFile)
     images: list  # those whose name makes them candidate images
     signature: str  # what a version of raw_images made from this listing holds
-    report: dict  # the listing's own metadata
+    report: dict  # the listing's own metadata (with `photos`: kept in the version's manifest)
 
 
-def list_root(context, settings: FruitsSettings, storage, splits: list[str]) -> RootListing:
-    """List the images root (each file with its identity), and record the `photos` it saw."""
+def list_root(
+    context, settings: FruitsSettings, storage, splits: list[str], photos_seen: Callable[[str], None]
+) -> RootListing:
+    """List the images root (each file with its identity), and record the `photos` it saw.
+    `photos_seen(photos)` is called once the files are listed, before their contents are hashed."""
     root = images_root(settings, storage)
     versions = dict(storage.list_versions(root))
+    photos = photos_of(settings, root, versions)
+    photos_seen(photos)
     listed, skipped = list_images(storage, root, settings.limit_per_class, splits, versions)
-    record_source(context, "photos", photos_of(settings, root, versions))
+    record_source(context, "photos", photos)
     return RootListing(
         root,
         listed,
         usable_images(listed, root),
         digest(RAW_VERSION, [(f.path, f.identity) for f in listed]),
-        {"images_root": root, "rows": len(listed), "skipped_by_limit": skipped},
+        {"images_root": root, "rows": len(listed), "skipped_by_limit": skipped, "photos": photos},
     )
+
+
+def photos_changed(current: dict | None, photos: str) -> bool:
+    """Whether raw_images' current version was made from other photos than these (their cheap
+    version: paths, sizes, modification times or ETags), so that the run will compute something:
+    then the JVM starts while the files are hashed. True for a first run; False for a version that
+    does not say (written before it was recorded), so that a run with nothing new starts no JVM.
+    Files touched but not changed (new modification times, same bytes) start a JVM that computes
+    nothing, in every run until raw_images has a new version: a run with nothing new does not
+    rewrite the manifest."""
+    return current is None or current.get("photos") not in (None, photos)
 
 
 def raw_images_metadata(listing: RootListing, summary: dict, thumbnails: str, seconds: float) -> dict:
@@ -230,9 +247,13 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
 
     started, settings, storage = time.perf_counter(), settings_of(context), context.resources.settings.storage()
     with ThreadPoolExecutor(2, thread_name_prefix="raw_images") as background:
-        if not current_version(context, "raw_images"):  # a first run: the JVM starts while files are listed
-            background.submit(spark_for, context, "raw_images")
-        listing = list_root(context, settings, storage, config.splits)
+        current = current_version(context, "raw_images")
+
+        def start_spark_if_changed(photos: str) -> None:  # the JVM starts while files are hashed
+            if photos_changed(current, photos):
+                background.submit(spark_for, context, "raw_images")
+
+        listing = list_root(context, settings, storage, config.splits, start_spark_if_changed)
         if manifest := unchanged_version(context, "raw_images", listing.signature):
             yield unchanged_output(manifest, listing.report)
             return

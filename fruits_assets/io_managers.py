@@ -296,8 +296,8 @@ def blocking_checks_in_run(context: dg.OutputContext) -> list[str]:
 
 
 # Output metadata the manifest keeps: what later steps decide on without reading the data (its
-# data version, what it was made from, the size of its arrays).
-MANIFEST_METADATA = ("data_version", "signature", "image_size", "rows")
+# data version, what it was made from, the size of its arrays, raw_images' photos).
+MANIFEST_METADATA = ("data_version", "signature", "image_size", "rows", "photos")
 
 
 def _metadata_value(value):

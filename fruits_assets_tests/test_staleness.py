@@ -100,6 +100,7 @@ def test_a_run_with_nothing_new_needs_no_java_and_keeps_every_version(sample_roo
     )
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
     versions = {asset: json.loads((tmp_path / "out" / asset / "_CURRENT.json").read_text()) for asset in MADE}
+    assert versions["raw_images"]["photos"], "raw_images' version records the photos it was made from"
 
     no_java = {**env, "PATH": os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not Path(p, "java").exists())}
     assert not shutil.which("java", path=no_java["PATH"]), "java is still on the PATH"
@@ -166,3 +167,15 @@ def test_the_opt_in_automation_observes_the_sources_and_follows_new_photos():
         at += datetime.timedelta(minutes=1)
         tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=at, cursor=tick.cursor)
         assert requested(tick) == {*MADE, "pca_quality"}
+
+
+def test_the_jvm_starts_during_the_listing_only_when_the_photos_changed():
+    """raw_images starts Spark while it hashes the files only when its current version was made
+    from other photos (or there is none): never in a run with nothing new, nor on a version that
+    does not record its photos."""
+    from fruits_assets.assets import photos_changed
+
+    assert photos_changed(None, "p1"), "a first run"
+    assert photos_changed({"photos": "p0"}, "p1"), "new photos"
+    assert not photos_changed({"photos": "p1"}, "p1"), "the same photos"
+    assert not photos_changed({"data_version": "d"}, "p1"), "a version that does not say"
