@@ -33,6 +33,7 @@ from fruits_assets.featurize import (
 )
 from fruits_assets.images import CHECK_VERSION, DECODE_VERSION, MAX_PIXELS
 from fruits_assets.incremental import (
+    DriverRows,
     Stage,
     current_version,
     digest,
@@ -67,11 +68,12 @@ from fruits_assets.sources import (
 )
 from fruits_assets.spark import PARQUET_CODEC
 from fruits_assets.spark_jobs import (
+    LISTING_SCHEMA,
     PREPROCESSED_COLUMNS,
     RAW_COLUMNS,
     RAW_REUSABLE,
     as_vectors,
-    listing_frame,
+    listing_rows,
     preprocess_frame,
     project_frame,
     raw_images_frame,
@@ -265,7 +267,7 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
             frame = raw_images_frame(spark, work, listing.root, storage, first_run)
             return frame.persist(StorageLevel.MEMORY_AND_DISK)
 
-        frame = listing_frame(spark, listing.listed)
+        frame = DriverRows(listing_rows(listing.listed), spark, LISTING_SCHEMA)
         run = run_stage(
             context, RAW_STAGE, frame, F.expr(RAW_REUSABLE), read_and_check, settings.rows_per_partition, (RAW_VERSION,)
         )

@@ -249,17 +249,46 @@ class ReusePlan:
         return IncrementalFrame(frame, self.inherited, self.copied_rows + self.counts["computed"], self.excluded)
 
 
+@dataclass
+class DriverRows:
+    """A stage's input listed on the driver (raw_images' listing of the images root), as pandas:
+    it is planned as it is, and only the rows to compute become a Spark DataFrame (a local
+    relation). Sending every listed row to the JVM and collecting their keys back cost 2.1 s and
+    a Spark job at 24,000 photos, to find 300 new ones."""
+
+    rows: pd.DataFrame
+    spark: object
+    schema: str  # of `rows` in Spark (a DDL string)
+
+    def to_spark(self, rows: pd.DataFrame | None = None):
+        """These rows (default: all) as a Spark DataFrame."""
+        return self.spark.createDataFrame(self.rows if rows is None else rows, self.schema)
+
+
+def input_rows(current, keys: list[str]) -> pd.DataFrame:
+    """(_uri, _file, keys) of each input row, in the input's order: the file a stored input's
+    row is read from (as Spark names it, and as `<version>/<file>`); empty strings for rows
+    listed on the driver."""
+    from pyspark.sql import functions as F
+
+    if isinstance(current, DriverRows):
+        return current.rows[keys].reset_index(drop=True).assign(_uri="", _file="")
+    return current.select(F.input_file_name().alias("_uri"), stored_file().alias("_file"), *keys).toPandas()
+
+
 def reuse_plan(stored, valid, current, keys: list[str], columns, reported: tuple = ()) -> ReusePlan:
     """Plan an incremental stage: `stored` is the previous version (or None), `valid` a Column
     that is true for stored rows made with the same settings (image size, model), `current` the
-    stage's input, `keys` what identifies an input (path and content hash), `columns` those of
-    the stage's output (a stored file with other columns is copied, never inherited), `reported`
-    small stored columns the caller wants for the reused rows (`ReusePlan.kept`).
+    stage's input (a DataFrame, or `DriverRows`), `keys` what identifies an input (path and
+    content hash), `columns` those of the stage's output (a stored file with other columns is
+    copied, never inherited), `reported` small stored columns the caller wants for the reused
+    rows (`ReusePlan.kept`).
 
     Planning reads small columns only (Parquet reads them alone), in three jobs without a
     shuffle: each row's file and keys, of the stored version as its readers see it, of every
     row of its files (also those it already excludes, so that an inherited file's exclusions
-    carry over to the next version) and of the input. They are planned on the driver, as pandas
+    carry over to the next version) and of the input (none for `DriverRows`: they are on the
+    driver already). They are planned on the driver, as pandas
     frames (the keys are what a broadcast join would collect there anyway). Stored images or
     vectors are neither read nor shuffled. A row with a null key matches nothing (as in a join).
 
@@ -271,12 +300,12 @@ def reuse_plan(stored, valid, current, keys: list[str], columns, reported: tuple
     from pyspark.sql import functions as F
 
     if stored is None:
-        keys_of_inputs = current.select(*keys).toPandas()
+        keys_of_inputs = input_rows(current, keys)[keys]
         rows = len(keys_of_inputs)
         return ReusePlan(
             [],
             None,
-            current,
+            current.to_spark() if isinstance(current, DriverRows) else current,
             {"reused": 0, "computed": rows, "removed": 0},
             scanned_rows=rows,
             input_keys=keys_of_inputs,
@@ -288,7 +317,7 @@ def reuse_plan(stored, valid, current, keys: list[str], columns, reported: tuple
     rows_as_read = stored.select(  # the rows a reader of the stored version sees
         stored_file().alias("_file"), F.coalesce(valid, F.lit(False)).alias("_valid"), *keys, *reported
     ).toPandas()
-    inputs = current.select(F.input_file_name().alias("_uri"), stored_file().alias("_file"), *keys).toPandas()
+    inputs = input_rows(current, keys)
     wanted = inputs[keys][inputs[keys].notna().all(axis=1)].drop_duplicates()
     rows_as_read = rows_as_read.merge(wanted.assign(_wanted=True), on=keys, how="left")
     rows_as_read["_kept"] = (
@@ -322,7 +351,8 @@ def reuse_plan(stored, valid, current, keys: list[str], columns, reported: tuple
         )
     copied = None
     if not inherited and reused:
-        copied = stored.where(valid).join(F.broadcast(current.select(*keys)), keys, "left_semi")
+        wanted = (current.to_spark() if isinstance(current, DriverRows) else current).select(*keys)
+        copied = stored.where(valid).join(F.broadcast(wanted), keys, "left_semi")
     stored_keys = rows_as_read[rows_as_read["_valid"]][keys].dropna().drop_duplicates()
     new, computed, scanned = _new_rows(current, inputs, stored_keys, stored.where(valid).select(*keys).distinct(), keys)
     counts = {"reused": reused, "computed": computed, "removed": removed}
@@ -344,7 +374,9 @@ def _new_rows(current, inputs: pd.DataFrame, stored_keys: pd.DataFrame, stored_f
     (an incremental run: its own new files), those files alone are read, and the new rows picked
     out of them by their (file, keys) as seen through `current` (so rows an input version
     excludes stay excluded): a local table of at most MAX_NEW_ROWS_PICKED_BY_FILE small rows.
-    An input that is not read from files (raw_images' listing) is picked from by its keys alone.
+    An input listed on the driver (`DriverRows`: raw_images' listing) gives its new rows alone to
+    Spark; the stored version is not read again (an anti-join with its keys took 4 Spark jobs,
+    ~2 s, in raw_images).
     """
     from pyspark.sql import functions as F
 
@@ -352,18 +384,13 @@ def _new_rows(current, inputs: pd.DataFrame, stored_keys: pd.DataFrame, stored_f
     matched &= inputs[keys].notna().all(axis=1).to_numpy()  # a null key matches nothing
     fresh = inputs[~matched.to_numpy()]
     computed = len(fresh)
+    if isinstance(current, DriverRows):  # listed on the driver: the new rows alone go to Spark
+        return current.to_spark(current.rows.reset_index(drop=True)[~matched.to_numpy()]), computed, computed
     if computed == 0:  # an empty local relation: the job that writes reads no input file
         return current.limit(0), 0, 0
     rows_per_uri = inputs.groupby("_uri").size()
     holding = sorted(set(fresh["_uri"]))
     spark = current.sparkSession
-    if computed <= MAX_NEW_ROWS_PICKED_BY_FILE and not any(rows_per_uri.index):
-        # Not read from files (raw_images' listing, a local relation): the new rows are picked
-        # by their keys, null-safe (a row with a null key is new), and the stored version is not
-        # read again (an anti-join with its keys took 4 Spark jobs, ~2 s, in raw_images).
-        wanted = spark.createDataFrame(fresh[keys].drop_duplicates(), current.select(*keys).schema)
-        matches = [current[key].eqNullSafe(wanted[key]) for key in keys]
-        return current.join(F.broadcast(wanted), matches, "left_semi"), computed, len(inputs)
     if computed > MAX_NEW_ROWS_PICKED_BY_FILE or len(holding) == len(rows_per_uri) or not all(rows_per_uri.index):
         everything = current.join(F.broadcast(stored_frame), keys, "left_anti")
         return everything, computed, len(inputs)
@@ -450,7 +477,7 @@ def run_stage(
     if manifest is not None and manifest.get("data_version") == data_version and not counts["computed"]:
         return StageRun(Unchanged(manifest), previous.limit(0), counts, plan.kept, data_version)
     if counts["computed"] or previous is None:
-        size_file_scans(inputs.sparkSession, max(counts["computed"], plan.scanned_rows), rows_per_partition)
+        size_file_scans(plan.new.sparkSession, max(counts["computed"], plan.scanned_rows), rows_per_partition)
         computed = compute(repartition_for_work(plan.new, counts["computed"], rows_per_partition), counts)
     else:  # nothing new: the version is the reused rows (an empty frame of the stored columns)
         computed = previous.select(*stage.columns).limit(0)

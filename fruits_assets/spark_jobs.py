@@ -71,15 +71,15 @@ LISTING_SCHEMA = "path string, split string, label string, reason string, identi
 RAW_REUSABLE = "stage IS NULL OR stage IN ('decode', 'listing')"
 
 
-def listing_frame(spark, listed: list[ListedFile]):
-    """The listed files as a DataFrame (from pandas, through Arrow: a local relation in the JVM,
-    no Python job to build it)."""
+def listing_rows(listed: list[ListedFile]) -> pd.DataFrame:
+    """The listed files as pandas rows of LISTING_SCHEMA (raw_images plans from them on the
+    driver; those to read become a local relation in the JVM, through Arrow)."""
     columns = ("path", "split", "label", "reason", "identity")
-    return spark.createDataFrame(pd.DataFrame({c: [getattr(f, c) for f in listed] for c in columns}), LISTING_SCHEMA)
+    return pd.DataFrame({c: [getattr(f, c) for f in listed] for c in columns})
 
 
 def raw_images_frame(spark, listing, root: str, storage, read_root: bool):
-    """Listed files (`listing_frame`) -> a DataFrame of each file's bytes and,
+    """Listed files (`listing_rows`, in Spark) -> a DataFrame of each file's bytes and,
     for a file that is not a usable image, why (stage `listing`, `read` or `decode`).
 
     With `read_root` (every file of the root is to be read: a first run), the bytes are read by
