@@ -372,6 +372,11 @@ def test_a_listing_is_planned_on_the_driver_and_only_its_new_rows_go_to_spark(sp
     assert plan.new.inputFiles() == []
     assert plan.scanned_rows == 3
     assert list(plan.input_keys["path"]) == ["p0", "p1", "p2", "p9", "p8"]
+    # Files removed, none new: an empty relation of the listing's columns.
+    removed_only = DriverRows(rows[rows["path"].isin(["p0", "p1"])], spark, listing.schema)
+    plan = reuse_plan(stored_frame, F.col("ok"), removed_only, ["path", "fingerprint"], ("path", "fingerprint"))
+    assert plan.counts == {"reused": 2, "computed": 0, "removed": 2}
+    assert plan.new.columns == ["path", "fingerprint", "split"] and plan.new.count() == 0
 
 
 def test_a_file_that_could_not_be_read_is_read_again_even_with_the_same_identity(spark, tmp_path):
