@@ -263,7 +263,7 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
         spark = spark_for(context, "raw_images")
 
         def read_and_check(work, counts):  # cached: the summary and the write read each file once
-            first_run = counts["reused"] == 0  # Spark then reads the whole root itself
+            first_run = counts["reused"] == 0  # Spark may then read the whole root itself (on S3)
             frame = raw_images_frame(spark, work, listing.root, storage, first_run)
             return frame.persist(StorageLevel.MEMORY_AND_DISK)
 
