@@ -138,9 +138,8 @@ def raw_images_summary(computed, kept: pd.DataFrame | None) -> dict:
 
 
 def _spark_read_bytes(spark, root: str):
-    """(path, content) of every file under `root` read by Spark, or None if this Spark cannot
-    read that file system (pyspark from PyPI and s3://)."""
-    from pyspark.sql import functions as F
+    """(path, content) of every file under the s3:// `root` read by Spark, or None if this Spark
+    cannot read that file system (pyspark from PyPI)."""
 
     try:
         files = (
@@ -154,8 +153,7 @@ def _spark_read_bytes(spark, root: str):
         if is_missing_filesystem(error):
             return None
         raise
-    # Spark names local files file:/...; the listing names them as the operating system does.
-    return files.select(F.regexp_replace("path", "^file:", "").alias("path"), "content")
+    return files.select("path", "content")
 
 
 def _read_and_check_with(storage):
