@@ -16,6 +16,7 @@ from fruits_assets.errors import is_missing_filesystem
 from fruits_assets.images import ImageRejected, array_to_bytes, decode_image, open_image
 from fruits_assets.listing import ListedFile
 from fruits_assets.python_workers import on_worker
+from fruits_assets.storage import is_s3
 
 
 def task_slots(spark) -> int:
@@ -96,8 +97,6 @@ def raw_images_frame(spark, listing, root: str, storage, read_root: bool):
     (`checked`).
     """
     from pyspark.sql import functions as F
-
-    from fruits_assets.storage import is_s3
 
     contents = _spark_read_bytes(spark, root) if read_root and is_s3(root) else None
     if contents is not None:
