@@ -25,6 +25,7 @@ from fruits_assets.errors import FruitsConfigError, config_errors_not_retried
 from fruits_assets.featurize import (
     CONVERSION_VERSION,
     FEATURE_COLUMNS,
+    convert_ahead,
     feature_model,
     featurize_frame,
     model_key,
@@ -156,6 +157,27 @@ def images_root(settings: FruitsSettings, storage) -> str:
     return check_images_root(root, storage)
 
 
+def convert_model_ahead(context, settings: FruitsSettings, storage) -> None:
+    """When this run will featurize images at the size it preprocesses them (raw_images or
+    preprocessed_images has new work, and both preprocessed_images and image_features are
+    selected), start converting the model now, in the background (`featurize.convert_ahead`),
+    so that image_features does not wait for it. Only in the local deployment: on EMR the host
+    converts the model before the image_features step (emr_launcher)."""
+    try:  # the run's selection (None for a job of exactly the selected assets: dg.materialize)
+        selected = context.run.asset_selection or context.job_def.asset_layer.selected_asset_keys
+    except dg.DagsterError:  # an asset invoked as a function has no run (DagsterInvalidPropertyError)
+        return
+    wanted = {dg.AssetKey("preprocessed_images"), dg.AssetKey("image_features")}
+    if settings.deployment != "local" or not wanted <= selected:
+        return
+    try:
+        weights = resolve_weights(settings.model_weights, settings.image_size, storage)
+    except FruitsConfigError:
+        return  # image_features says so, in its own step
+    if convert_ahead(weights, settings.image_size, storage, settings.model_cache_uri()):
+        context.log.info(f"Converting the {settings.image_size} px LiteRT model in the background, for image_features.")
+
+
 # -- what the pipeline is made from ----------------------------------------------------------------
 @dg.multi_observable_source_asset(
     specs=[dg.AssetSpec(source, group_name=GROUP, automation_condition=SOURCES_OBSERVED) for source in SOURCES],
@@ -254,6 +276,7 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig):
         def start_spark_if_changed(photos: str) -> None:  # the JVM starts while files are hashed
             if photos_changed(current, photos):
                 background.submit(spark_for, context, "raw_images")
+                convert_model_ahead(context, settings, storage)
 
         listing = list_root(context, settings, storage, config.splits, start_spark_if_changed)
         if manifest := unchanged_version(context, "raw_images", listing.signature):
@@ -308,6 +331,7 @@ def preprocessed_images(context: dg.AssetExecutionContext, raw_images):
     signature = signature_of(context, DECODE_VERSION, ("raw_images",), size)
     if manifest := unchanged_version(context, "preprocessed_images", signature):
         return unchanged_output(manifest, report)
+    convert_model_ahead(context, settings, context.resources.settings.storage())
     spark_for(context, "preprocessed_images")
 
     def decode(work, _counts):

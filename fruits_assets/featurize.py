@@ -14,10 +14,13 @@ runs MobileNetV2 about 2x faster than Keras, within 5e-5 of its outputs (benchma
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -224,12 +227,25 @@ def check_litert(flatbuffer: bytes, model, image_size: int, atol: float = 1e-4) 
 
 
 def feature_model(weights: Weights, image_size: int, storage=None, cache_dir: str | None = None) -> FeatureModel:
-    """The LiteRT model of these weights: from the cache, else converted, checked and cached."""
-    from fruits_assets.storage import join
-
-    cached = join(cache_dir, f"{model_key(weights.sha256, image_size)}.tflite") if cache_dir else None
+    """The LiteRT model of these weights: the one `convert_ahead` is making, else from the cache,
+    else converted, checked and cached."""
+    cached = _cached_path(weights, image_size, cache_dir)
+    with _AHEAD_LOCK:
+        ahead = _AHEAD.pop(cached, None) if cached else None
+    if ahead is not None:
+        return ahead.result()  # its model, or its error (bad weights): raised here, in this step
     if cached and storage.exists(cached):
         return FeatureModel(storage.read_bytes(cached), image_size, weights, None, True)
+    return _convert(weights, image_size, storage, cached)
+
+
+def _cached_path(weights: Weights, image_size: int, cache_dir: str | None) -> str | None:
+    from fruits_assets.storage import join
+
+    return join(cache_dir, f"{model_key(weights.sha256, image_size)}.tflite") if cache_dir else None
+
+
+def _convert(weights: Weights, image_size: int, storage, cached: str | None) -> FeatureModel:
     try:
         import tensorflow  # noqa: F401
     except ImportError:
@@ -244,6 +260,45 @@ def feature_model(weights: Weights, image_size: int, storage=None, cache_dir: st
     if cached:
         storage.write_bytes(cached, flatbuffer)
     return FeatureModel(flatbuffer, image_size, weights, diff, False)
+
+
+# Conversions started ahead in this process, by the cache file they will write: `feature_model`
+# takes its model from here. One dict for the process, because the steps of a run share it (the
+# in-process executor), and a thread, because the conversion (TensorFlow's import, the Keras model,
+# the converter, the check: ~8 s of one core at 224 px) runs while the run's earlier stages work.
+_AHEAD: dict[str, Future] = {}
+_AHEAD_LOCK = threading.Lock()
+
+
+def convert_ahead(weights: Weights, image_size: int, storage, cache_dir: str) -> bool:
+    """Start converting this model in a background thread, so that a run's first image_features
+    does not wait ~8 s for it after the stages before it; `feature_model` then takes the model
+    (or raises its error) when image_features needs it. Nothing starts when the model is cached,
+    is already being converted, or TensorFlow is not here (an EMR step: the host converts). Returns
+    whether it started.
+
+    The thread is a daemon: a run that ends before image_features (a failure, a run that needs no
+    features) does not wait for it; the cache file is written atomically, so a conversion cut
+    short leaves no half model. A conversion the run never takes stays here for the next run of
+    this process with the same model (`dagster dev` runs each run in its own process).
+    """
+    cached = _cached_path(weights, image_size, cache_dir)
+    if importlib.util.find_spec("tensorflow") is None:
+        return False
+    with _AHEAD_LOCK:
+        if cached in _AHEAD or storage.exists(cached):
+            return False
+        future: Future = Future()
+        _AHEAD[cached] = future
+
+    def convert():
+        try:
+            future.set_result(_convert(weights, image_size, storage, cached))
+        except BaseException as error:  # given to feature_model, which raises it in its step
+            future.set_exception(error)
+
+    threading.Thread(target=convert, name="convert-ahead", daemon=True).start()
+    return True
 
 
 # -- per Python worker --------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def canonical(name: str) -> str:
 # The host converts the Keras model to LiteRT before the image_features step (emr_launcher), and
 # pca_quality (scikit-learn) has no step launcher: it runs on the host.
 HOST_ONLY = {
-    "tensorflow": {"featurize.py": {"to_litert", "feature_model"}},
+    "tensorflow": {"featurize.py": {"to_litert", "_convert"}},
     "keras": {"featurize.py": {"build_model", "random_model", "imagenet_model"}},
     "sklearn": {"quality.py": {"evaluate"}},
     "threadpoolctl": {"quality.py": {"evaluate"}},

@@ -89,6 +89,39 @@ def test_the_converted_model_is_cached_by_content(tmp_path):
     )
 
 
+def test_a_conversion_started_ahead_is_the_one_feature_model_returns(tmp_path):
+    """`convert_ahead` converts in the background once; `feature_model` takes that model (not
+    the cache file it wrote, not a second conversion); once cached, nothing starts ahead."""
+    from fruits_assets import featurize
+
+    weights, storage, cache = resolve_weights("random", 96, Storage()), Storage(), str(tmp_path / "_models")
+    assert featurize.convert_ahead(weights, 96, storage, cache)
+    assert not featurize.convert_ahead(weights, 96, storage, cache)  # already converting
+    [ahead] = featurize._AHEAD.values()
+    converted = ahead.result(timeout=300)  # done, and cached: the cache alone would say from_cache
+    assert (tmp_path / "_models" / f"{converted.key}.tflite").exists()
+    model = feature_model(weights, 96, storage, cache)
+    assert model is converted and not model.from_cache and model.max_abs_diff <= 1e-4
+    assert not featurize._AHEAD
+    assert not featurize.convert_ahead(weights, 96, storage, cache)  # cached
+    assert feature_model(weights, 96, storage, cache).from_cache
+
+
+def test_a_conversion_started_ahead_raises_its_error_where_the_model_is_needed(tmp_path):
+    """Weights that are not MobileNetV2's: the background conversion fails quietly, and the step
+    that needs the model raises the usual clear error (then the next attempt converts anew)."""
+    from fruits_assets import featurize
+
+    bad = tmp_path / "bad.weights.h5"
+    bad.write_text("not hdf5")
+    weights, storage, cache = resolve_weights(str(bad), 96, Storage()), Storage(), str(tmp_path / "_models")
+    assert featurize.convert_ahead(weights, 96, storage, cache)
+    for _attempt in range(2):
+        with pytest.raises(FruitsConfigError, match="not usable MobileNetV2"):
+            feature_model(weights, 96, storage, cache)
+    assert not featurize._AHEAD and not (tmp_path / "_models").exists()
+
+
 def test_a_worker_featurizes_without_tensorflow(tmp_path):
     """What a Spark Python worker does: build the interpreter from the flatbuffer bytes and run
     it, in a process that never imports TensorFlow."""

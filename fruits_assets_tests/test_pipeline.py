@@ -121,6 +121,28 @@ def test_rematerializing_replaces_the_previous_output(spark, sample_root, tmp_pa
     assert load(tmp_path, "raw_images").count() == 8 * (3 + 2)  # 4 Training + 2 Test per class
 
 
+def test_a_first_run_converts_the_model_while_the_images_are_read(spark, sample_root, tmp_path):
+    """With no converted model in the cache, a run that will featurize starts converting it in
+    the background when raw_images starts reading, and image_features takes that model; a run
+    that will not featurize converts nothing."""
+    cache = tmp_path / "models"
+    config = run_config(sample_root, image_size=128, model_cache=str(cache))
+
+    def run(selection):
+        instance = dg.DagsterInstance.ephemeral()
+        result = materialize(tmp_path / str(len(selection)), config, selection=selection, instance=instance)
+        assert result.success
+        said = [e.user_message for e in instance.all_logs(result.run_id) if "in the background" in e.user_message]
+        return result, said
+
+    _, said = run(["raw_images", "preprocessed_images"])
+    assert not said and not cache.exists()
+    result, said = run(["raw_images", "preprocessed_images", "image_features"])
+    assert said == ["Converting the 128 px LiteRT model in the background, for image_features."]
+    assert metadata_of(result, "image_features")["litert_model"].endswith("(converted in this run)")
+    assert len(list(cache.iterdir())) == 1
+
+
 @pytest.mark.slow
 def test_long_stages_tell_their_progress_in_the_run_log(spark, tmp_path):
     """A run with several partitions: the run log shows rows done / total, rows/s and an ETA
