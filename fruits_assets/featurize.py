@@ -376,16 +376,27 @@ def model_metadata(weights: Weights, key: str, model: FeatureModel | None) -> di
     }
 
 
-def featurize_frame(spark, images, model: FeatureModel, threads: int, batch_size: int):
+def featurize_frame(spark, images, model: FeatureModel, threads: int, batch_size: int, storage=None):
     """MobileNetV2 features of every preprocessed image (uint8 arrays of `model.image_size`).
 
     The flatbuffer goes to the executors once, as a broadcast; each Python worker builds its
     interpreter once and reuses it for every batch and task it runs.
+
+    When every row is read from a stored Parquet file (the stage's input, as it is stored) and a
+    `storage` is given, the Python workers read those files themselves (pyarrow; boto3 for
+    s3://), one task per file, each featurizing the rows of its file that `images` holds (by path
+    and fingerprint: rows a version excludes, or already featurized, stay out): the arrays never
+    pass through the JVM. 6,000 stored 224 px arrays, one Spark session on 2 cores: 29.1 / 29.3 s
+    against 33.8 / 35.6 s through the JVM (2026-12-06). Otherwise (rows computed in the same job,
+    a DataFrame given to the asset as a function) the JVM hands the arrays to the workers (Arrow).
     """
     import pandas as pd
+    from pyspark.sql import functions as F
 
     broadcast = spark.sparkContext.broadcast(model.flatbuffer)
     key, size = model.key, model.image_size
+    if storage is not None and (rows := _stored_files_of(images)) is not None:
+        return _featurize_stored_files(spark, rows, broadcast, key, size, threads, batch_size, storage)
 
     @on_worker
     def featurize(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -394,7 +405,82 @@ def featurize_frame(spark, images, model: FeatureModel, threads: int, batch_size
             vectors = interpreter(bytes_to_batch(batch["image"], size), batch_size)
             yield batch.drop(columns=["image"]).assign(features=list(vectors))
 
-    from pyspark.sql import functions as F
-
     columns = images.select("path", "split", "label", "fingerprint", "image")
     return columns.mapInPandas(featurize, FEATURES_SCHEMA).withColumn("model_key", F.lit(key))
+
+
+def _stored_files_of(images):
+    """(file, path, fingerprint) of every row, if each is read from a stored file (a job on the
+    small columns), else None: rows computed in the job, or read from two stored sources at once
+    (an anti-join of the input with the stored output, which `input_file_name` cannot name)."""
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
+
+    try:
+        rows = images.select(F.input_file_name().alias("file"), "path", "fingerprint").toPandas()
+    except AnalysisException:
+        return None
+    return rows if len(rows) and rows["file"].ne("").all() else None
+
+
+STORED_BATCH_ROWS = 256  # rows a worker reads from a stored file at a time (~38 MB at 224 px)
+
+
+def _featurize_stored_files(spark, rows, broadcast, key: str, size: int, threads: int, batch_size: int, storage):
+    """`featurize_frame` where the workers read the stored files: `rows` is (file, path,
+    fingerprint) of every row to featurize, as Spark names its file (a URI)."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    tasks = [
+        (file, group["path"].tolist(), group["fingerprint"].tolist()) for file, group in rows.groupby("file", sort=True)
+    ]
+
+    @on_worker
+    def featurize(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        interpreter = worker_interpreter(key, lambda: broadcast.value, threads)
+        for batch in batches:
+            for file, paths, fingerprints in zip(batch["file"], batch["paths"], batch["fingerprints"], strict=True):
+                wanted, found = set(zip(paths, fingerprints, strict=True)), 0
+                for stored in stored_batches(file, storage, ("path", "split", "label", "fingerprint", "image")):
+                    keys = stored.select(["path", "split", "label", "fingerprint"]).to_pandas()
+                    mask = [(p, f) in wanted for p, f in zip(keys["path"], keys["fingerprint"], strict=True)]
+                    found += sum(mask)
+                    if not any(mask):
+                        continue
+                    images = stored.column("image") if all(mask) else stored.column("image").filter(mask)
+                    vectors = interpreter(binary_to_batch(images, size), batch_size)
+                    yield keys[mask].reset_index(drop=True).assign(features=list(vectors))
+                if found != len(paths):  # never fewer vectors than images, silently
+                    raise RuntimeError(f"{file}: {len(paths)} stored images to featurize, {found} found")
+
+    schema = "file string, paths array<string>, fingerprints array<string>"
+    files = spark.sparkContext.parallelize(tasks, len(tasks)).toDF(schema)  # one task per file
+    return files.mapInPandas(featurize, FEATURES_SCHEMA).withColumn("model_key", F.lit(key))
+
+
+def stored_batches(uri: str, storage, columns: tuple[str, ...]):
+    """The record batches of one stored Parquet file (`uri` as Spark names it: file:/... or
+    s3://...; URL-encoded), STORED_BATCH_ROWS rows at a time."""
+    from urllib.parse import unquote, urlparse
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fruits_assets.storage import is_s3
+
+    source = pa.BufferReader(storage.read_bytes(unquote(uri))) if is_s3(uri) else unquote(urlparse(uri).path)
+    yield from pq.ParquetFile(source).iter_batches(batch_size=STORED_BATCH_ROWS, columns=list(columns))
+
+
+def binary_to_batch(column, size: int) -> np.ndarray:
+    """A pyarrow binary column of raw uint8 images -> one (n, size, size, 3) array over its
+    buffer (no copy per image), or a clear error if an image is not size x size x 3."""
+    if column.null_count:
+        raise FruitsConfigError(f"preprocessed_images holds {column.null_count} rows without an image")
+    if not len(column):
+        return np.empty((0, size, size, 3), dtype=np.uint8)
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset : column.offset + len(column) + 1]
+    if not (np.diff(offsets) == size * size * 3).all():
+        raise FruitsConfigError(f"preprocessed_images holds images that are not {size}x{size}x3 uint8 arrays")
+    return np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(-1, size, size, 3)

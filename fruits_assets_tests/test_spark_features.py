@@ -68,3 +68,53 @@ def test_parquet_and_arrow_batches_of_images_stay_small(spark):
     for key in ("spark.sql.parquet.columnarReaderBatchSize", "spark.sql.execution.arrow.maxRecordsPerBatch"):
         assert int(config[key]) * largest <= 64 * 2**20, key
         assert spark.conf.get(key) == config[key], key  # the session the tests (and runs) use
+
+
+def test_stored_images_are_read_by_the_workers_with_the_same_features(spark, tmp_path):
+    """Stored arrays (the stage's input as Spark reads it) are featurized by workers reading the
+    files themselves: the same vectors as through the JVM, for exactly the rows the frame holds
+    (some rows of a file left out), from a folder whose name Spark URL-encodes."""
+    from pyspark.sql import functions as F
+
+    model, storage = feature_model(resolve_weights("random", 96, Storage()), 96), Storage()
+    folder = str(tmp_path / "out dir %20 #1" / "v-1")
+    image_frame(spark, 30, partitions=3).write.parquet(folder)
+    stored = spark.read.parquet(folder)
+    wanted = stored.where(~F.col("path").isin([f"/x/Training/C/{i}.jpg" for i in (0, 7, 8, 29)]))
+
+    def vectors(frame):
+        return {r.path: (r.fingerprint, r.model_key, r.features) for r in frame.collect()}
+
+    by_workers, through_jvm = (
+        vectors(featurize_frame(spark, wanted, model, 1, 4, storage)),
+        vectors(featurize_frame(spark, wanted, model, 1, 4)),
+    )
+    assert len(by_workers) == 26 and by_workers.keys() == through_jvm.keys()
+    for path, (fingerprint, key, features) in by_workers.items():
+        assert (fingerprint, key) == through_jvm[path][:2] == (f"sha{path.split('/')[-1][:-4]}", model.key)
+        np.testing.assert_array_equal(features, through_jvm[path][2])
+    plan = featurize_frame(spark, wanted, model, 1, 4, storage)._jdf.queryExecution().toString()
+    assert "image" not in plan.split("== Physical Plan ==")[1]  # the JVM never reads the arrays
+
+
+def test_rows_computed_in_the_job_go_through_the_jvm(spark):
+    """Rows that are not read from a stored file (computed in the same job) are handed to the
+    workers by the JVM, with a storage given or not."""
+    model = feature_model(resolve_weights("random", 96, Storage()), 96)
+    frame = featurize_frame(spark, image_frame(spark, 6, partitions=2), model, 1, 4, Storage())
+    assert frame.count() == 6
+
+
+def test_stored_images_of_another_size_are_a_clear_error():
+    import pyarrow as pa
+    import pytest
+
+    from fruits_assets.errors import FruitsConfigError
+    from fruits_assets.featurize import binary_to_batch
+
+    good = pa.array([bytes(96 * 96 * 3)] * 3, pa.binary())
+    assert binary_to_batch(good.slice(1), 96).shape == (2, 96, 96, 3)
+    with pytest.raises(FruitsConfigError, match="not 96x96x3"):
+        binary_to_batch(pa.array([bytes(96 * 96 * 3), bytes(5)], pa.binary()), 96)
+    with pytest.raises(FruitsConfigError, match="without an image"):
+        binary_to_batch(pa.array([bytes(96 * 96 * 3), None], pa.binary()), 96)
