@@ -407,7 +407,7 @@ def image_features(context: dg.AssetExecutionContext, preprocessed_images):
 
     def featurize(work, _counts):
         models.append(feature_model(weights, size, storage, settings.model_cache_uri()))
-        return featurize_frame(spark, work, models[0], threads, settings.predict_batch_size, storage)
+        return featurize_frame(spark, work, models[0], threads, settings.predict_batch_size, storage, report)
 
     same_model = F.col("model_key") == key
     run = run_stage(

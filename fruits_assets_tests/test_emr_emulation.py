@@ -274,6 +274,8 @@ def test_whole_graph_on_the_emulated_cluster(
     for asset in ("preprocessed_images", "image_features"):
         counts = {k: metadata[asset][k] for k in ("computed", "reused", "removed")}
         assert counts == {"computed": 2, "reused": usable - 2, "removed": 2}, (asset, counts)
+    # The workers read the new arrays from S3 themselves (boto3), not through the JVM.
+    assert metadata["image_features"]["arrays_to_workers"].startswith("read by the Python workers from ")
     assert len(csv_on_s3_equals(local)) == usable
 
 

@@ -140,6 +140,7 @@ def test_a_first_run_converts_the_model_while_the_images_are_read(spark, sample_
     result, said = run(["raw_images", "preprocessed_images", "image_features"])
     assert said == ["Converting the 128 px LiteRT model in the background, for image_features."]
     assert metadata_of(result, "image_features")["litert_model"].endswith("(converted in this run)")
+    assert metadata_of(result, "image_features")["arrays_to_workers"].startswith("read by the Python workers from ")
     assert len(list(cache.iterdir())) == 1
 
 
