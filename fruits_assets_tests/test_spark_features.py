@@ -118,3 +118,22 @@ def test_stored_images_of_another_size_are_a_clear_error():
         binary_to_batch(pa.array([bytes(96 * 96 * 3), bytes(5)], pa.binary()), 96)
     with pytest.raises(FruitsConfigError, match="without an image"):
         binary_to_batch(pa.array([bytes(96 * 96 * 3), None], pa.binary()), 96)
+
+
+def test_a_stored_image_missing_from_its_file_fails_the_task(spark, tmp_path):
+    """A row to featurize that its file no longer holds (the file changed under the run) fails
+    the job with the file named: never fewer vectors than images, silently."""
+    import pandas as pd
+    import pytest
+
+    model = feature_model(resolve_weights("random", 96, Storage()), 96)
+    folder = tmp_path / "v-1"
+    image_frame(spark, 4, partitions=1).write.parquet(str(folder))
+    [file] = [f.as_uri() for f in folder.glob("*.parquet")]
+    rows = pd.DataFrame(
+        {"file": [file] * 2, "path": ["/x/Training/C/0.jpg", "/x/gone.jpg"], "fingerprint": ["sha0"] * 2}
+    )
+    broadcast = spark.sparkContext.broadcast(model.flatbuffer)
+    frame = featurize._featurize_stored_files(spark, rows, broadcast, model.key, 96, 1, 4, Storage())
+    with pytest.raises(Exception, match="2 stored images to featurize, 1 found"):
+        frame.collect()
