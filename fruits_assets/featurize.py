@@ -13,9 +13,13 @@ runs MobileNetV2 about 2x faster than Keras, within 5e-5 of its outputs (benchma
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import os
+import pickle
+import subprocess
+import sys
 import tempfile
 import threading
 from collections import Counter
@@ -254,33 +258,43 @@ def _convert(weights: Weights, image_size: int, storage, cached: str | None) -> 
             "host converts it before the image_features step (run the step from the host: `dagster asset "
             "materialize`, or the UI), on a machine with the project installed."
         ) from None
-    model = load_model(weights, image_size)
-    flatbuffer = to_litert(model, image_size)
-    diff = check_litert(flatbuffer, model, image_size)
+    flatbuffer, diff = _converted(weights, image_size)
     if cached:
         storage.write_bytes(cached, flatbuffer)
     return FeatureModel(flatbuffer, image_size, weights, diff, False)
 
 
-# Conversions started ahead in this process, by the cache file they will write: `feature_model`
+def _converted(weights: Weights, image_size: int) -> tuple[bytes, float]:
+    """The checked flatbuffer of these weights and its largest difference from Keras."""
+    model = load_model(weights, image_size)
+    flatbuffer = to_litert(model, image_size)
+    return flatbuffer, check_litert(flatbuffer, model, image_size)
+
+
+# Conversions started ahead by this process, by the cache file they will write: `feature_model`
 # takes its model from here. One dict for the process, because the steps of a run share it (the
-# in-process executor), and a thread, because the conversion (TensorFlow's import, the Keras model,
-# the converter, the check: ~8 s of one core at 224 px) runs while the run's earlier stages work.
+# in-process executor).
 _AHEAD: dict[str, Future] = {}
 _AHEAD_LOCK = threading.Lock()
+_CHILDREN: set[subprocess.Popen] = set()  # conversions running in child processes (ended at exit)
 
 
 def convert_ahead(weights: Weights, image_size: int, storage, cache_dir: str) -> bool:
-    """Start converting this model in a background thread, so that a run's first image_features
-    does not wait ~8 s for it after the stages before it; `feature_model` then takes the model
-    (or raises its error) when image_features needs it. Nothing starts when the model is cached,
-    is already being converted, or TensorFlow is not here (an EMR step: the host converts). Returns
-    whether it started.
+    """Start converting this model in a child process, so that a run's first image_features does
+    not wait ~10 s of a core for it (TensorFlow's import ~5.5 s, the Keras model, the converter,
+    the check) after the stages before it; `feature_model` then takes the model (or raises its
+    error) when image_features needs it. Nothing starts when the model is cached, is already being
+    converted, or TensorFlow is not here (an EMR step: the host converts). Returns whether it
+    started.
 
-    The thread is a daemon: a run that ends before image_features (a failure, a run that needs no
-    features) does not wait for it; the cache file is written atomically, so a conversion cut
-    short leaves no half model. A conversion the run never takes stays here for the next run of
-    this process with the same model (`dagster dev` runs each run in its own process).
+    A child process, not a thread of the run's process: TensorFlow's import and the converter hold
+    the GIL for seconds, which stalled the driver's own work (listing, hashing, Spark's calls)
+    while they ran, and TensorFlow would stay in the run's process for its whole life (~1 GB of
+    its peak RSS). A thread of this process waits for the child and writes the cache file
+    (atomically): it is a daemon, so a run that ends before image_features (a failure, a run that
+    needs no features) does not wait for it, and the child is ended at exit. A conversion the run
+    never takes stays here for the next run of this process with the same model (`dagster dev`
+    runs each run in its own process).
     """
     cached = _cached_path(weights, image_size, cache_dir)
     if importlib.util.find_spec("tensorflow") is None:
@@ -293,12 +307,61 @@ def convert_ahead(weights: Weights, image_size: int, storage, cache_dir: str) ->
 
     def convert():
         try:
-            future.set_result(_convert(weights, image_size, storage, cached))
+            flatbuffer, diff = _converted_in_child(weights, image_size)
+            storage.write_bytes(cached, flatbuffer)
+            future.set_result(FeatureModel(flatbuffer, image_size, weights, diff, False))
         except BaseException as error:  # given to feature_model, which raises it in its step
             future.set_exception(error)
 
     threading.Thread(target=convert, name="convert-ahead", daemon=True).start()
     return True
+
+
+def _converted_in_child(weights: Weights, image_size: int) -> tuple[bytes, float]:
+    """`_converted` in a new Python process (this interpreter, this sys.path): the request and
+    the outcome (the flatbuffer and its difference, or the error to raise) are pickled through
+    its stdin and stdout; what it prints goes to stderr, kept for the error of a child that died."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+    code = "from fruits_assets.featurize import _convert_in_child; _convert_in_child()"
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    _CHILDREN.add(child)
+    try:
+        out, err = child.communicate(pickle.dumps((weights, image_size)))
+    finally:
+        _CHILDREN.discard(child)
+    try:
+        failed, outcome = pickle.loads(out)
+    except Exception:
+        tail = err.decode(errors="replace").strip()[-2000:]
+        raise RuntimeError(f"The model conversion process ended with code {child.returncode}: {tail}") from None
+    if failed:
+        raise outcome
+    return outcome
+
+
+def _convert_in_child() -> None:
+    """The child of `_converted_in_child`: one conversion, from stdin to stdout."""
+    result = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything TensorFlow or Keras print goes to stderr, not into the result
+    weights, image_size = pickle.load(sys.stdin.buffer)
+    try:
+        outcome = (False, _converted(weights, image_size))
+    except Exception as error:
+        try:
+            outcome = (True, error)
+            pickle.dumps(error)
+        except Exception:  # an error that does not pickle: its type and message
+            outcome = (True, RuntimeError(f"{type(error).__name__}: {error}"))
+    with result:
+        pickle.dump(outcome, result)
+
+
+@atexit.register
+def _end_children() -> None:
+    for child in list(_CHILDREN):
+        child.kill()
 
 
 # -- per Python worker --------------------------------------------------------------------------------

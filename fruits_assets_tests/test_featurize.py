@@ -107,6 +107,26 @@ def test_a_conversion_started_ahead_is_the_one_feature_model_returns(tmp_path):
     assert feature_model(weights, 96, storage, cache).from_cache
 
 
+def test_a_conversion_started_ahead_runs_in_a_child_process(tmp_path):
+    """The conversion ahead runs in another process: the run's own process (here, a program as
+    `dagster asset materialize` would be) gets the model without ever importing TensorFlow or
+    Keras, whose import holds its GIL for seconds and stays in its memory (~1 GB)."""
+    code = (
+        "import sys\n"
+        "from fruits_assets.featurize import convert_ahead, feature_model, resolve_weights\n"
+        "from fruits_assets.storage import Storage\n"
+        "weights, storage = resolve_weights('random', 96, Storage()), Storage()\n"
+        f"assert convert_ahead(weights, 96, storage, {str(tmp_path)!r})\n"
+        f"model = feature_model(weights, 96, storage, {str(tmp_path)!r})\n"
+        "assert not model.from_cache and model.max_abs_diff <= 1e-4, model\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]", result.stdout
+    assert len(list(tmp_path.glob("*.tflite"))) == 1
+
+
 def test_a_conversion_started_ahead_raises_its_error_where_the_model_is_needed(tmp_path):
     """Weights that are not MobileNetV2's: the background conversion fails quietly, and the step
     that needs the model raises the usual clear error (then the next attempt converts anew)."""
